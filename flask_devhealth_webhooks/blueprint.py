@@ -1,0 +1,348 @@
+"""The blueprint and its one view; the request path reads top to bottom in ``receive``.
+
+size -> token -> JSON -> schema -> record -> dispatch -> reply. Every answer is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, cast
+
+from flask import Blueprint, Flask, current_app, request
+from flask.blueprints import BlueprintSetupState
+from marshmallow import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from .config import Settings, load_settings
+from .events import Event, canonical_name, delivery_id_for, expected_object, resolve_name
+from .exceptions import (
+    InvalidJSON,
+    InvalidPayload,
+    PayloadTooLarge,
+    PermanentFailure,
+    RetryLater,
+    WebhookRejected,
+)
+from .schemas import load_envelope
+from .signals import (
+    DispatchResult,
+    dispatch,
+    webhook_duplicate,
+    webhook_failed,
+    webhook_in_progress,
+    webhook_processed,
+    webhook_received,
+    webhook_rejected,
+)
+from .store import DeliveryStore, States
+from .verify import verify
+
+EXTENSION_KEY = "devhealth_webhooks"
+logger = logging.getLogger("flask_devhealth_webhooks")
+
+blueprint = Blueprint(
+    EXTENSION_KEY, __name__, url_prefix="/webhooks/devhealth", cli_group="devhealth"
+)
+
+
+@dataclass
+class State:
+    """Per-app state kept in ``app.extensions["devhealth_webhooks"]``."""
+
+    settings: Settings
+    store: DeliveryStore
+
+
+@blueprint.record_once
+def _init_app(setup: BlueprintSetupState) -> None:
+    """Read and validate config once per app, and open (lazily) its delivery log."""
+    app = cast(Flask, setup.app)
+    settings = load_settings(app)
+    app.extensions[EXTENSION_KEY] = State(settings, DeliveryStore.from_settings(settings, app))
+
+
+def get_state(app: Flask | None = None) -> State:
+    """The extension state of ``app`` (default: the current app)."""
+    app = app or current_app
+    try:
+        state: State = app.extensions[EXTENSION_KEY]
+    except KeyError:
+        raise RuntimeError(
+            "flask_devhealth_webhooks is not set up on this app: "
+            "call app.register_blueprint(flask_devhealth_webhooks.blueprint) first."
+        ) from None
+    return state
+
+
+@blueprint.post("")
+def receive() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Verify, validate, record and dispatch one delivery; answer in JSON."""
+    started = time.perf_counter()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = get_state(app)
+    settings = state.settings
+    try:
+        raw = read_body(settings.max_body)
+        claims, slot = verify(request.headers.get(settings.header), raw, settings)
+        body = parse_json(raw)
+        event = load_event(body, claims)
+    except WebhookRejected as exc:
+        return _reject(app, exc, started)
+    webhook_received.send(app, event=event)
+    try:
+        outcome = deliver(app, state.store, event, raw)
+    except SQLAlchemyError as exc:
+        outcome = _storage_unavailable(exc)
+    _log_outcome(outcome, event, slot, started)
+    return outcome.body, outcome.status_code, outcome.headers
+
+
+# -- the steps --------------------------------------------------------------------------
+
+
+def read_body(limit: int) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes without reading them all."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise _too_large(limit)
+    return raw
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The body is larger than DEVHEALTH_WEBHOOKS_MAX_BODY ({limit} bytes).")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+MAX_DEPTH = 64
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """One UTF-8 JSON object, whatever the Content-Type; NaN, Infinity and deep nesting refused."""
+    try:
+        text = raw.decode("utf-8")
+        body = json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise InvalidJSON("The body is not valid UTF-8.") from None
+    except RecursionError:
+        raise InvalidJSON("The body is nested too deeply.") from None
+    except ValueError:
+        raise InvalidJSON("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidJSON("The body must be one JSON object.")
+    # Depth can only exceed MAX_DEPTH when there are at least that many brackets.
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _too_deep(body):
+        raise InvalidJSON(f"The body is nested deeper than {MAX_DEPTH} levels.")
+    return body
+
+
+def _too_deep(body: Any) -> bool:
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (dict, list)))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return False
+
+
+def load_event(body: dict[str, Any], claims: dict[str, Any]) -> Event:
+    """Schema-load the body and build the ``Event``; raise InvalidPayload with field paths."""
+    try:
+        loaded = load_envelope(body)
+    except ValidationError as exc:
+        errors = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise InvalidPayload("The body does not match the webhook schema.", errors) from None
+    name = resolve_name(loaded.get("event_type"), loaded.get("title"))
+    data = loaded["data"]
+    expected = expected_object(name)
+    if expected is not None and data["object"] != expected:
+        raise InvalidPayload(
+            "The body does not match the webhook schema.",
+            {"data.object": [f"Must be {expected!r} for {name!r} events."]},
+        )
+    event_id = loaded.get("event_id")
+    if isinstance(event_id, str) and len(event_id) > 255:
+        raise InvalidPayload(
+            "The body does not match the webhook schema.",
+            {"event_id": ["Longer than 255 characters."]},
+        )
+    return Event(
+        name=name,
+        event_type=loaded.get("event_type"),
+        title=loaded.get("title"),
+        description=loaded.get("description"),
+        event_id=event_id or None,
+        occurred_at=loaded.get("occurred_at"),
+        data=data,
+        payload=body,
+        delivery_id=delivery_id_for(body),
+        claims=claims,
+        received_at=datetime.now(timezone.utc),
+    )
+
+
+@dataclass
+class Outcome:
+    """A delivery's result: what was done, and the HTTP answer for it."""
+
+    outcome: str
+    status_code: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    result: DispatchResult | None = None
+
+
+def deliver(
+    app: Flask,
+    store: DeliveryStore,
+    event: Event,
+    raw: bytes | None,
+    *,
+    replay: bool = False,
+    force: bool = False,
+) -> Outcome:
+    """Record the delivery, run the handlers it still needs, and record how that went.
+
+    Shared by the view and ``flask devhealth replay`` so both keep the same bookkeeping.
+    """
+    ids = {"event": event.name, "delivery_id": event.delivery_id}
+    if replay:
+        claim = store.claim_replay(event.delivery_id, force=force)
+    else:
+        claim = store.claim(event, raw)
+    if claim.kind == "duplicate":
+        webhook_duplicate.send(app, event=event)
+        return Outcome("duplicate", 200, {"status": "duplicate", "state": claim.state, **ids})
+    if claim.kind == "in_progress":
+        webhook_in_progress.send(app, event=event)
+        return Outcome(
+            "in_progress",
+            409,
+            {
+                "error": "in_progress",
+                "message": "This delivery is being processed by another worker; retry later.",
+                **ids,
+            },
+        )
+
+    def progress(succeeded: list[str]) -> None:
+        store.record_progress(event.delivery_id, [*claim.succeeded, *succeeded])
+
+    result = dispatch(app, event, skip=claim.succeeded, on_success=progress)
+    succeeded = [*claim.succeeded, *result.succeeded]
+    if not result.failures:
+        state: States = (
+            "processed"
+            if (result.ran or result.skipped or canonical_name(event.name) is not None)
+            else "ignored"
+        )
+        store.finish(event.delivery_id, state, succeeded)
+        webhook_processed.send(app, event=event, outcome=state)
+        return Outcome(state, 200, {"status": state, **ids}, result=result)
+
+    failure = result.failures[-1]
+    error = f"{failure.handler}: {type(failure.exception).__name__}: {str(failure.exception)[:500]}"
+    webhook_failed.send(app, event=event, failures=result.failures)
+    for f in result.failures:
+        logger.error(
+            "webhook handler failed handler=%s exception=%s delivery_id=%s",
+            f.handler,
+            type(f.exception).__name__,
+            event.delivery_id,
+        )
+    if all(isinstance(f.exception, PermanentFailure) for f in result.failures):
+        store.finish(event.delivery_id, "dead_letter", succeeded, error)
+        return Outcome("dead_letter", 200, {"status": "dead_letter", **ids}, result=result)
+    store.finish(event.delivery_id, "failed", succeeded, error)
+    retry = [f.exception for f in result.failures if isinstance(f.exception, RetryLater)]
+    if len(retry) == len(result.failures):
+        settings = get_state(app).settings
+        seconds = max(
+            (r.retry_after for r in retry if r.retry_after is not None),
+            default=settings.retry_after,
+        )
+        return Outcome(
+            "retry_later",
+            503,
+            {"error": "retry_later", "message": "A handler asked to retry later.", **ids},
+            {"Retry-After": str(int(seconds))},
+            result,
+        )
+    return Outcome(
+        "failed",
+        500,
+        {
+            "error": "handler_failed",
+            "message": f"{len(result.failures)} handler(s) failed; the delivery can be replayed.",
+            **ids,
+        },
+        result=result,
+    )
+
+
+# -- replies and logs -------------------------------------------------------------------
+
+
+def _storage_unavailable(exc: SQLAlchemyError) -> Outcome:
+    """The delivery log cannot be written: refuse, so the sender retries and nothing is lost."""
+    logger.error("webhook delivery log unavailable exception=%s", type(exc).__name__)
+    return Outcome(
+        "storage_unavailable",
+        503,
+        {
+            "error": "storage_unavailable",
+            "message": "The delivery log could not be written; retry later.",
+        },
+        {"Retry-After": "30"},
+    )
+
+
+def _reject(
+    app: Flask, exc: WebhookRejected, started: float
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    webhook_rejected.send(app, reason=exc.code, status_code=exc.status_code)
+    logger.warning(
+        "webhook rejected reason=%s status=%d duration_ms=%.1f",
+        exc.code,
+        exc.status_code,
+        (time.perf_counter() - started) * 1000,
+    )
+    body: dict[str, Any] = {"error": exc.code, "message": exc.message}
+    if isinstance(exc, InvalidPayload):
+        body["errors"] = exc.errors
+    return body, exc.status_code, {}
+
+
+def _safe(value: Any) -> str:
+    """A log-safe rendering of an identifier: printable, bounded."""
+    text = "-" if value is None else str(value)
+    return "".join(ch if ch.isprintable() and ch != " " else "?" for ch in text[:80])
+
+
+def _log_outcome(outcome: Outcome, event: Event, slot: int, started: float) -> None:
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    logger.info(
+        "webhook %s event=%s delivery_id=%s object_id=%s status=%s http=%d secret_slot=%d "
+        "duration_ms=%.1f",
+        outcome.outcome,
+        _safe(event.name),
+        _safe(event.delivery_id),
+        _safe(event.data.get("id")),
+        _safe(event.status),
+        outcome.status_code,
+        slot,
+        (time.perf_counter() - started) * 1000,
+    )

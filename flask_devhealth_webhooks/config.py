@@ -1,0 +1,179 @@
+"""Every ``DEVHEALTH_WEBHOOKS_*`` key, its default and its check, read once into ``Settings``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from sqlalchemy.engine import Engine
+
+logger = logging.getLogger("flask_devhealth_webhooks")
+
+PREFIX = "DEVHEALTH_WEBHOOKS_"
+ALLOWED_ALGORITHMS = ("HS256", "HS384", "HS512")
+MIN_SECRET_BYTES = 32
+
+#: Every key with its default; applied with ``app.config.setdefault`` at registration.
+DEFAULTS: Mapping[str, Any] = {
+    "SECRET": None,
+    "ALGORITHMS": ["HS256"],
+    "LEEWAY": 30,
+    "MAX_AGE": None,
+    "REQUIRED_CLAIMS": [],
+    "AUDIENCE": None,
+    "ISSUER": None,
+    "HEADER": "X-Webhook-Secret",
+    "MAX_BODY": 1024 * 1024,
+    "BODY_HASH_CLAIM": None,
+    "DATABASE_URL": None,
+    "ENGINE": None,
+    "LEASE_SECONDS": 300,
+    "RETRY_AFTER": 60,
+    "STORE_PAYLOADS": True,
+    "ENCRYPTION_KEYS": [],
+    "RETENTION_DAYS": 30,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one app; built once at blueprint registration."""
+
+    secrets: tuple[bytes, ...]
+    algorithms: tuple[str, ...]
+    leeway: float
+    max_age: float | None
+    required_claims: tuple[str, ...]
+    audience: str | None
+    issuer: str | None
+    header: str
+    max_body: int
+    body_hash_claim: str | None
+    database_url: str | None
+    engine: Engine | None
+    lease_seconds: float
+    retry_after: int
+    store_payloads: bool
+    encryption_keys: tuple[str, ...]
+    retention_days: int | None
+
+
+def _key(name: str) -> str:
+    return PREFIX + name
+
+
+def _string_list(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigurationError(f"{_key(name)} must be a string or a list of strings.")
+    return tuple(value)
+
+
+def _secrets(value: Any) -> tuple[bytes, ...]:
+    key = _key("SECRET")
+    if value is None or value == "" or value == [] or value == ():
+        raise ConfigurationError(
+            f"{key} is not set. Set app.config[{key!r}] to the webhook secret typed in the "
+            "Develop Health admin panel before registering the blueprint."
+        )
+    values = [value] if isinstance(value, (str, bytes)) else value
+    if not isinstance(values, (list, tuple)):
+        raise ConfigurationError(f"{key} must be a string or a list of strings (for rotation).")
+    secrets: list[bytes] = []
+    for slot, secret in enumerate(values):
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        if not isinstance(secret, bytes) or not secret:
+            raise ConfigurationError(
+                f"{key} slot {slot} is empty or not a string; every secret must be a non-empty "
+                "string."
+            )
+        if len(secret) < MIN_SECRET_BYTES:
+            logger.warning(
+                "%s slot %d is shorter than %d bytes; HS256 secrets that short are guessable. "
+                "Use a longer secret in the Develop Health admin panel.",
+                key,
+                slot,
+                MIN_SECRET_BYTES,
+            )
+        if secret != secret.strip():
+            logger.warning(
+                "%s slot %d has leading or trailing whitespace; check that it was pasted "
+                "exactly as typed in the admin panel.",
+                key,
+                slot,
+            )
+        secrets.append(secret)
+    return tuple(secrets)
+
+
+def _algorithms(value: Any) -> tuple[str, ...]:
+    algorithms = _string_list("ALGORITHMS", value)
+    bad = [a for a in algorithms if a not in ALLOWED_ALGORITHMS]
+    if not algorithms or bad:
+        raise ConfigurationError(
+            f"{_key('ALGORITHMS')} must list only {', '.join(ALLOWED_ALGORITHMS)}; "
+            "the webhook JWT is signed with a shared secret."
+        )
+    return algorithms
+
+
+def _number(name: str, value: Any, *, optional: bool = False, minimum: float = 0) -> Any:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ConfigurationError(f"{_key(name)} must be a number of at least {minimum}.")
+    return value
+
+
+def _optional_string(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{_key(name)} must be a non-empty string or None.")
+    return value
+
+
+def load_settings(app: Flask) -> Settings:
+    """Apply defaults to ``app.config`` and validate every key; raise ConfigurationError."""
+    for name, default in DEFAULTS.items():
+        app.config.setdefault(_key(name), list(default) if isinstance(default, list) else default)
+    c = {name: app.config[_key(name)] for name in DEFAULTS}
+
+    header = c["HEADER"]
+    if not isinstance(header, str) or not header.strip():
+        raise ConfigurationError(f"{_key('HEADER')} must name the HTTP header carrying the JWT.")
+    if not isinstance(c["STORE_PAYLOADS"], bool):
+        raise ConfigurationError(f"{_key('STORE_PAYLOADS')} must be True or False.")
+    encryption_keys = _string_list("ENCRYPTION_KEYS", c["ENCRYPTION_KEYS"])
+    if encryption_keys:
+        from .store import make_fernet  # imported lazily: cryptography is an optional extra
+
+        make_fernet(encryption_keys)  # raises ConfigurationError on a malformed key
+    retention = c["RETENTION_DAYS"]
+    return Settings(
+        secrets=_secrets(c["SECRET"]),
+        algorithms=_algorithms(c["ALGORITHMS"]),
+        leeway=float(_number("LEEWAY", c["LEEWAY"])),
+        max_age=_number("MAX_AGE", c["MAX_AGE"], optional=True),
+        required_claims=_string_list("REQUIRED_CLAIMS", c["REQUIRED_CLAIMS"]),
+        audience=_optional_string("AUDIENCE", c["AUDIENCE"]),
+        issuer=_optional_string("ISSUER", c["ISSUER"]),
+        header=header.strip(),
+        max_body=int(_number("MAX_BODY", c["MAX_BODY"], minimum=1)),
+        body_hash_claim=_optional_string("BODY_HASH_CLAIM", c["BODY_HASH_CLAIM"]),
+        database_url=_optional_string("DATABASE_URL", c["DATABASE_URL"]),
+        engine=c["ENGINE"],
+        lease_seconds=float(_number("LEASE_SECONDS", c["LEASE_SECONDS"], minimum=1)),
+        retry_after=int(_number("RETRY_AFTER", c["RETRY_AFTER"], minimum=0)),
+        store_payloads=c["STORE_PAYLOADS"],
+        encryption_keys=encryption_keys,
+        retention_days=None if retention is None else int(_number("RETENTION_DAYS", retention)),
+    )

@@ -1,0 +1,153 @@
+"""Blinker signals: one per event, the lifecycle signals, ``on()`` and the dispatch loop.
+
+Event signals are sent with the ``Event`` as sender, so a handler is simply ``fn(event)``.
+Lifecycle signals follow Flask's convention: the app is the sender, data in keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from blinker import Namespace, Signal
+
+from .events import ANY, CATALOGUE, Event, canonical_name, closest_names
+
+_signals = Namespace()
+
+#: One signal per catalogued event, keyed by canonical name; vendor aliases share the signal.
+EVENT_SIGNALS: dict[str, Signal] = {
+    e.name: _signals.signal(e.name, doc=e.description) for e in CATALOGUE
+}
+benefit_verification_updated = EVENT_SIGNALS["benefit_verification.updated"]
+prior_authorization_updated = EVENT_SIGNALS["prior_authorization.updated"]
+prior_authorization_determination = EVENT_SIGNALS["prior_authorization.determination"]
+#: Every delivery, catalogued or not, once per delivery (``@on("*")``).
+any_event = _signals.signal(ANY, doc="Every verified delivery, including unknown event types.")
+
+webhook_received = _signals.signal(
+    "webhook-received", doc="A delivery passed verification and schema checks: ``event=``."
+)
+webhook_rejected = _signals.signal(
+    "webhook-rejected",
+    doc="A delivery was refused before dispatch: ``reason=`` (error code), ``status_code=``.",
+)
+webhook_processed = _signals.signal(
+    "webhook-processed",
+    doc="Handlers finished without error: ``event=``, ``outcome=`` (processed, ignored, ...).",
+)
+webhook_failed = _signals.signal(
+    "webhook-failed", doc="At least one handler raised: ``event=``, ``failures=`` (HandlerFailure)."
+)
+webhook_duplicate = _signals.signal(
+    "webhook-duplicate", doc="A delivery already finished arrived again: ``event=``."
+)
+webhook_in_progress = _signals.signal(
+    "webhook-in-progress", doc="A delivery is being processed elsewhere: ``event=``."
+)
+webhook_replayed = _signals.signal(
+    "webhook-replayed", doc="A stored delivery was replayed: ``event=``, ``outcome=``."
+)
+event_dispatched = _signals.signal(
+    "event-dispatched", doc="An Event (derived ones included) is about to reach its handlers."
+)
+
+Handler = Callable[[Event], Any]
+F = TypeVar("F", bound=Handler)
+
+
+def event_signal(name: str) -> Signal:
+    """The signal for a canonical name, an alias, ``"*"`` or an uncatalogued vendor name."""
+    if name == ANY:
+        return any_event
+    return _signals.signal(canonical_name(name) or name)
+
+
+def on(name: str, *, strict: bool = True) -> Callable[[F], F]:
+    """Register ``fn(event)`` for an event (canonical name, vendor alias or ``"*"``).
+
+    The handler is held by a strong reference, so one defined inside a function keeps firing.
+    With ``strict=False`` a name the catalogue does not know yet is accepted as sent.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("on() needs an event name such as 'benefit_verification.updated'.")
+    if strict and name != ANY and canonical_name(name) is None:
+        hint = ", ".join(repr(n) for n in closest_names(name)) or "see `flask devhealth events`"
+        raise ValueError(
+            f"Unknown Develop Health event {name!r}. Closest known names: {hint}. "
+            "Pass strict=False to subscribe to a vendor event not catalogued yet."
+        )
+    signal = event_signal(name)
+
+    def decorator(fn: F) -> F:
+        signal.connect(fn, weak=False)
+        return fn
+
+    return decorator
+
+
+def handler_key(event_name: str, fn: Callable[..., Any]) -> str:
+    """A stable name for one handler of one event, as recorded in the delivery log."""
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{event_name}:{module}.{qualname}"
+
+
+@dataclass(frozen=True)
+class HandlerFailure:
+    """One handler that raised while a delivery was dispatched."""
+
+    handler: str
+    exception: BaseException
+
+
+@dataclass
+class DispatchResult:
+    """What one dispatch did: handlers that ran, succeeded, were skipped, and failures."""
+
+    ran: int = 0
+    skipped: int = 0
+    succeeded: list[str] = field(default_factory=list)
+    failures: list[HandlerFailure] = field(default_factory=list)
+
+
+def dispatch(
+    app: Any,
+    event: Event,
+    *,
+    skip: Collection[str] = (),
+    on_success: Callable[[list[str]], None] | None = None,
+) -> DispatchResult:
+    """Call every handler of ``event`` (and of the events it derives), one by one.
+
+    A handler that raises does not stop the others; failures are collected and returned.
+    Handlers whose key is in ``skip`` (already succeeded for this delivery) are not called.
+    ``on_success`` receives the growing list of succeeded keys after each success but the
+    last, so a crash mid-delivery loses no bookkeeping.
+    """
+    calls: list[tuple[str, Callable[..., Any], Event]] = []
+    for ev in (event, *event.derived()):
+        if event_dispatched.receivers:
+            event_dispatched.send(app, event=ev)
+        for fn in event_signal(ev.name).receivers_for(ev):
+            calls.append((handler_key(ev.name, fn), fn, ev))
+    for fn in any_event.receivers_for(event):
+        calls.append((handler_key(ANY, fn), fn, event))
+
+    result = DispatchResult()
+    last = len(calls) - 1
+    for index, (key, fn, ev) in enumerate(calls):
+        if key in skip:
+            result.skipped += 1
+            continue
+        result.ran += 1
+        try:
+            fn(ev)
+        except Exception as exc:  # every handler runs; failures are reported
+            result.failures.append(HandlerFailure(key, exc))
+            continue
+        result.succeeded.append(key)
+        if on_success is not None and index != last:
+            on_success(list(result.succeeded))
+    return result

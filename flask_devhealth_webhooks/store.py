@@ -1,0 +1,458 @@
+"""The delivery log: one SQLAlchemy Core table and the claim / progress / finish protocol.
+
+Every accepted delivery is written here before any handler runs. A claim is one atomic
+statement, so concurrent deliveries of one event, across processes and machines sharing the
+database, cannot both run handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.pool import StaticPool
+
+from .exceptions import ConfigurationError, DeliveryNotFound, NotReplayable
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .config import Settings
+    from .events import Event
+
+States = Literal["processing", "processed", "failed", "ignored", "dead_letter"]
+FINISHED = ("processed", "ignored", "dead_letter")
+ERROR_LIMIT = 500
+
+metadata = sa.MetaData()
+
+#: The delivery log's table; import it to include it in your own migrations.
+deliveries = sa.Table(
+    "devhealth_webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(255), nullable=False, unique=True),
+    sa.Column("event_name", sa.String(255), nullable=False),
+    sa.Column("event_type", sa.String(255), nullable=True),
+    sa.Column("object_type", sa.String(255), nullable=True),
+    sa.Column("object_id", sa.String(255), nullable=True),
+    sa.Column("status", sa.String(255), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("first_received_at", sa.DateTime, nullable=False),
+    sa.Column("last_received_at", sa.DateTime, nullable=False),
+    sa.Column("processed_at", sa.DateTime, nullable=True),
+    sa.Column("lease_expires_at", sa.DateTime, nullable=True),
+    sa.Column("succeeded_handlers", sa.Text, nullable=False, default="[]"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("payload", sa.LargeBinary, nullable=True),
+    sa.Column("payload_encrypted", sa.Boolean, nullable=False, default=False),
+    sa.Index("ix_devhealth_webhook_deliveries_state", "state"),
+    sa.Index("ix_devhealth_webhook_deliveries_first_received_at", "first_received_at"),
+)
+
+c = deliveries.c
+
+
+def utcnow() -> datetime:
+    """Naive UTC 'now', the form every timestamp column stores."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def make_fernet(keys: Sequence[str]) -> Any:
+    """A MultiFernet over ``keys``: the first encrypts, every one decrypts (for rotation)."""
+    try:
+        from cryptography.fernet import Fernet, MultiFernet
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise ConfigurationError(
+            "DEVHEALTH_WEBHOOKS_ENCRYPTION_KEYS needs the 'cryptography' package: "
+            "pip install 'flask-devhealth-webhooks[encryption]'."
+        ) from exc
+    try:
+        return MultiFernet([Fernet(k) for k in keys])
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            "DEVHEALTH_WEBHOOKS_ENCRYPTION_KEYS must hold Fernet keys "
+            "(cryptography.fernet.Fernet.generate_key())."
+        ) from exc
+
+
+def _clip(value: Any, limit: int = 255) -> str | None:
+    return None if value is None else str(value)[:limit]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to 'may this worker run the handlers of this delivery now?'."""
+
+    kind: Literal["new", "takeover", "duplicate", "in_progress"]
+    succeeded: tuple[str, ...] = ()
+    state: str = "processing"
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One row of the delivery log, as read back."""
+
+    delivery_id: str
+    event_name: str
+    event_type: str | None
+    object_type: str | None
+    object_id: str | None
+    status: str | None
+    state: str
+    attempts: int
+    first_received_at: datetime
+    last_received_at: datetime
+    processed_at: datetime | None
+    lease_expires_at: datetime | None
+    succeeded_handlers: tuple[str, ...]
+    last_error: str | None
+    has_payload: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready metadata (never the payload)."""
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if isinstance(value, datetime):
+                value = value.replace(tzinfo=timezone.utc).isoformat()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[key] = value
+        return out
+
+
+_META_COLUMNS = [col for col in deliveries.columns if col.name not in ("id", "payload")]
+
+
+def _to_delivery(row: Any) -> Delivery:
+    m = row._mapping
+    return Delivery(
+        delivery_id=m["delivery_id"],
+        event_name=m["event_name"],
+        event_type=m["event_type"],
+        object_type=m["object_type"],
+        object_id=m["object_id"],
+        status=m["status"],
+        state=m["state"],
+        attempts=m["attempts"],
+        first_received_at=m["first_received_at"],
+        last_received_at=m["last_received_at"],
+        processed_at=m["processed_at"],
+        lease_expires_at=m["lease_expires_at"],
+        succeeded_handlers=tuple(json.loads(m["succeeded_handlers"] or "[]")),
+        last_error=m["last_error"],
+        has_payload=bool(m["has_payload"]),
+    )
+
+
+def default_url(app: Flask) -> str:
+    """The embedded default: a SQLite file in the app's instance folder."""
+    return "sqlite:///" + os.path.join(app.instance_path, "devhealth_webhooks.sqlite3")
+
+
+def create_engine_for(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout, in-memory one shared DB."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    sa_url = sa.engine.make_url(url)
+    if sa_url.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    memory = sa_url.database in (None, "", ":memory:")
+    if memory:
+        engine = sa.create_engine(
+            url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(sa_url.database or ".")), exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=30000")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    return engine
+
+
+class DeliveryStore:
+    """Claim, progress, finish, inspect, replay and purge deliveries in one table."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lease_seconds: float = 300,
+        store_payloads: bool = True,
+        encryption_keys: Sequence[str] = (),
+    ) -> None:
+        self.engine = engine
+        self.lease = timedelta(seconds=lease_seconds)
+        self.store_payloads = store_payloads
+        self._fernet = make_fernet(encryption_keys) if encryption_keys else None
+        self._ready = False
+        self._dialect = engine.dialect.name
+        # One in-memory SQLite connection is shared by every thread: serialise its use.
+        memory = self._dialect == "sqlite" and engine.url.database in (None, "", ":memory:")
+        self._lock: threading.RLock | None = threading.RLock() if memory else None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, app: Flask) -> DeliveryStore:
+        """The store an app's settings ask for (engine handed over, URL, or the default)."""
+        engine = settings.engine or create_engine_for(settings.database_url or default_url(app))
+        return cls(
+            engine,
+            lease_seconds=settings.lease_seconds,
+            store_payloads=settings.store_payloads,
+            encryption_keys=settings.encryption_keys,
+        )
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        if not self._ready:
+            self.create_table()
+        if self._lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+        else:
+            with self._lock, self.engine.begin() as conn:
+                yield conn
+
+    def create_table(self) -> None:
+        """Create the table if it does not exist (safe when several workers race to it)."""
+        try:
+            metadata.create_all(self.engine, checkfirst=True)
+        except (IntegrityError, OperationalError, ProgrammingError):
+            # Another process created it between our check and our CREATE.
+            if not sa.inspect(self.engine).has_table(deliveries.name):
+                raise
+        self._ready = True
+
+    def _insert_ignoring_conflict(self, conn: Connection, values: dict[str, Any]) -> bool:
+        if self._dialect in ("sqlite", "postgresql"):
+            dialect_insert: Any = sqlite_insert if self._dialect == "sqlite" else pg_insert
+            stmt = (
+                dialect_insert(deliveries)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=["delivery_id"])
+            )
+            return conn.execute(stmt).rowcount == 1
+        try:
+            with conn.begin_nested():
+                conn.execute(deliveries.insert().values(values))
+        except IntegrityError:
+            return False
+        return True
+
+    def _encode_payload(self, raw: bytes | None) -> tuple[bytes | None, bool]:
+        if raw is None or not self.store_payloads:
+            return None, False
+        if self._fernet is not None:
+            return self._fernet.encrypt(raw), True
+        return raw, False
+
+    # -- the claim protocol ---------------------------------------------------------------
+
+    def claim(self, event: Event, raw: bytes | None) -> Claim:
+        """Record the delivery and decide whether this worker runs its handlers.
+
+        New: inserted as ``processing``. Failed, or processing with an expired lease: taken
+        over. Finished: ``duplicate``. Processing under a live lease: ``in_progress``.
+        """
+        now = utcnow()
+        payload, encrypted = self._encode_payload(raw)
+        values = {
+            "delivery_id": event.delivery_id,
+            "event_name": _clip(event.name),
+            "event_type": _clip(event.event_type),
+            "object_type": _clip(event.data.get("object")),
+            "object_id": _clip(event.data.get("id")),
+            "status": _clip(event.status),
+            "state": "processing",
+            "attempts": 1,
+            "first_received_at": now,
+            "last_received_at": now,
+            "lease_expires_at": now + self.lease,
+            "succeeded_handlers": "[]",
+            "payload": payload,
+            "payload_encrypted": encrypted,
+        }
+        with self._begin() as conn:
+            if self._insert_ignoring_conflict(conn, values):
+                return Claim("new")
+        return self._take_over(event.delivery_id, now)
+
+    def _take_over(self, delivery_id: str, now: datetime, *, force: bool = False) -> Claim:
+        takeable = sa.or_(
+            c.state == "failed", sa.and_(c.state == "processing", c.lease_expires_at < now)
+        )
+        if force:
+            takeable = sa.or_(takeable, c.state.in_(FINISHED))
+        changes: dict[str, Any] = {
+            "state": "processing",
+            "attempts": c.attempts + 1,
+            "last_received_at": now,
+            "lease_expires_at": now + self.lease,
+        }
+        if force:
+            changes["succeeded_handlers"] = "[]"
+        with self._begin() as conn:
+            taken = conn.execute(
+                deliveries.update().where(c.delivery_id == delivery_id, takeable).values(changes)
+            ).rowcount
+            if not taken:
+                conn.execute(
+                    deliveries.update()
+                    .where(c.delivery_id == delivery_id, c.state.in_(FINISHED))
+                    .values(last_received_at=now)
+                )
+            row = conn.execute(
+                sa.select(c.state, c.attempts, c.succeeded_handlers).where(
+                    c.delivery_id == delivery_id
+                )
+            ).first()
+        if row is None:
+            raise DeliveryNotFound(f"No delivery {delivery_id!r} in the delivery log.")
+        if taken:
+            return Claim(
+                "takeover", tuple(json.loads(row.succeeded_handlers)), "processing", row.attempts
+            )
+        kind: Literal["duplicate", "in_progress"] = (
+            "in_progress" if row.state == "processing" else "duplicate"
+        )
+        return Claim(kind, tuple(json.loads(row.succeeded_handlers)), row.state, row.attempts)
+
+    def claim_replay(self, delivery_id: str, *, force: bool = False) -> Claim:
+        """Claim a stored delivery for replay; ``force`` also reopens finished ones."""
+        return self._take_over(delivery_id, utcnow(), force=force)
+
+    def record_progress(self, delivery_id: str, succeeded: Sequence[str]) -> None:
+        """Persist the handlers that have succeeded so far, so a crash does not rerun them."""
+        with self._begin() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(c.delivery_id == delivery_id)
+                .values(succeeded_handlers=json.dumps(sorted(set(succeeded))))
+            )
+
+    def finish(
+        self,
+        delivery_id: str,
+        state: States,
+        succeeded: Sequence[str],
+        error: str | None = None,
+    ) -> None:
+        """Close the claim: the final state, the handlers that succeeded, the last error."""
+        values: dict[str, Any] = {
+            "state": state,
+            "succeeded_handlers": json.dumps(sorted(set(succeeded))),
+            "lease_expires_at": None,
+            "last_error": None if error is None else error[: ERROR_LIMIT * 2],
+        }
+        if state in FINISHED:
+            values["processed_at"] = utcnow()
+        with self._begin() as conn:
+            conn.execute(deliveries.update().where(c.delivery_id == delivery_id).values(values))
+
+    # -- reading, replay and purge --------------------------------------------------------
+
+    def get(self, delivery_id: str) -> Delivery:
+        """One delivery's metadata; raises DeliveryNotFound."""
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(*_META_COLUMNS, (c.payload.is_not(None)).label("has_payload")).where(
+                    c.delivery_id == delivery_id
+                )
+            ).first()
+        if row is None:
+            raise DeliveryNotFound(f"No delivery {delivery_id!r} in the delivery log.")
+        return _to_delivery(row)
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        event_name: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = 50,
+    ) -> list[Delivery]:
+        """Deliveries newest first, filtered by state, event name and first-received time."""
+        query = sa.select(*_META_COLUMNS, (c.payload.is_not(None)).label("has_payload"))
+        if state is not None:
+            query = query.where(c.state == state)
+        if event_name is not None:
+            query = query.where(c.event_name == event_name)
+        if since is not None:
+            query = query.where(c.first_received_at >= since)
+        query = query.order_by(c.first_received_at.desc(), c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self._begin() as conn:
+            return [_to_delivery(row) for row in conn.execute(query)]
+
+    def payload(self, delivery_id: str) -> bytes:
+        """The raw body as received (decrypted); raises NotReplayable when not stored."""
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(c.payload, c.payload_encrypted).where(c.delivery_id == delivery_id)
+            ).first()
+        if row is None:
+            raise DeliveryNotFound(f"No delivery {delivery_id!r} in the delivery log.")
+        if row.payload is None:
+            raise NotReplayable(
+                f"Delivery {delivery_id!r} has no stored payload (DEVHEALTH_WEBHOOKS_STORE_PAYLOADS"
+                " was False, or it was purged), so it cannot be shown or replayed."
+            )
+        data = bytes(row.payload)
+        if row.payload_encrypted:
+            if self._fernet is None:
+                raise NotReplayable(
+                    f"Delivery {delivery_id!r} is encrypted; set DEVHEALTH_WEBHOOKS_ENCRYPTION_KEYS"
+                    " to a list holding its key to read it."
+                )
+            data = self._fernet.decrypt(data)
+        return data
+
+    def purge(self, older_than: timedelta, *, payloads_only: bool = False) -> int:
+        """Delete finished deliveries (or only their payloads) first received before the cutoff.
+
+        Deliveries still ``processing`` or ``failed`` are kept: they may yet need a replay.
+        """
+        cutoff = utcnow() - older_than
+        where = sa.and_(c.first_received_at < cutoff, c.state.in_(FINISHED))
+        with self._begin() as conn:
+            stmt: sa.Update | sa.Delete
+            if payloads_only:
+                stmt = (
+                    deliveries.update()
+                    .where(where, c.payload.is_not(None))
+                    .values(payload=None, payload_encrypted=False)
+                )
+            else:
+                stmt = deliveries.delete().where(where)
+            return int(conn.execute(stmt).rowcount)
+
+    def count(self, state: str | None = None) -> int:
+        """How many deliveries are logged (in ``state`` when given)."""
+        query = sa.select(sa.func.count()).select_from(deliveries)
+        if state is not None:
+            query = query.where(c.state == state)
+        with self._begin() as conn:
+            return int(conn.execute(query).scalar_one())

@@ -1,0 +1,141 @@
+"""Verify the ``X-Webhook-Secret`` JWT: pure functions over PyJWT, no Flask globals.
+
+The algorithm allow-list always comes from settings, never from the token. Only PyJWT's token
+errors are caught, so a broken key surfaces as a configuration problem rather than a 401.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import jwt
+from jwt.algorithms import HMACAlgorithm
+
+from .config import Settings
+from .exceptions import TokenError
+
+
+class _HMAC(HMACAlgorithm):
+    """HMAC without PyJWT's per-call short-key warning; registration warns once instead."""
+
+    def check_key_length(self, key: Any) -> str | None:
+        return None
+
+
+_HASHES = {
+    "HS256": HMACAlgorithm.SHA256,
+    "HS384": HMACAlgorithm.SHA384,
+    "HS512": HMACAlgorithm.SHA512,
+}
+_jws = jwt.PyJWS(algorithms=[])
+for _name, _hash in _HASHES.items():
+    _jws.register_algorithm(_name, _HMAC(_hash))
+_claims_reader = jwt.PyJWT()
+
+
+def extract_token(value: str | None) -> str:
+    """Return the bare token from a header value: trimmed, an optional ``Bearer `` removed."""
+    token = (value or "").strip()
+    if token[:7].lower() == "bearer ":
+        token = token[7:].strip()
+    if not token:
+        raise TokenError("The webhook token header is missing or empty.", code="missing_token")
+    return token
+
+
+def body_digest(body: bytes) -> str:
+    """Hex SHA-256 of the raw body, as compared with ``DEVHEALTH_WEBHOOKS_BODY_HASH_CLAIM``."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def verify_token(header_value: str | None, body: bytes, settings: Settings) -> dict[str, Any]:
+    """Check the token's signature against every configured secret, then its claims.
+
+    Returns the verified claims; raises ``TokenError`` whose ``code`` names the reason.
+    """
+    return verify(header_value, body, settings)[0]
+
+
+def verify(header_value: str | None, body: bytes, settings: Settings) -> tuple[dict[str, Any], int]:
+    """Like ``verify_token``, also returning the index of the secret that verified it."""
+    token = extract_token(header_value)
+    slot = _check_signature(token, settings)
+    claims = _check_claims(token, settings)
+    if settings.body_hash_claim is not None:
+        expected = body_digest(body)
+        sent = claims[settings.body_hash_claim]
+        if not isinstance(sent, str) or not hmac.compare_digest(sent.lower(), expected):
+            raise TokenError("The token's body-hash claim does not match the body received.")
+    return claims, slot
+
+
+def _check_signature(token: str, settings: Settings) -> int:
+    """Return the slot of the secret that verifies the signature (for rotation logs)."""
+    algorithms = list(settings.algorithms)
+    for slot, secret in enumerate(settings.secrets):
+        try:
+            _jws.decode_complete(token, secret, algorithms=algorithms)
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.InvalidAlgorithmError as exc:
+            raise TokenError("The token is signed with an algorithm that is not allowed.") from exc
+        except jwt.DecodeError as exc:
+            raise TokenError("The token is not a well-formed JWT.", code="malformed_token") from exc
+        return slot
+    raise TokenError("The token's signature does not match any configured secret.")
+
+
+def _check_claims(token: str, settings: Settings) -> dict[str, Any]:
+    required = set(settings.required_claims)
+    if settings.audience is not None:
+        required.add("aud")
+    if settings.issuer is not None:
+        required.add("iss")
+    if settings.max_age is not None:
+        required.add("iat")
+    if settings.body_hash_claim is not None:
+        required.add(settings.body_hash_claim)
+    options: Any = {
+        "verify_signature": False,  # verified above with the allow-listed algorithms
+        "verify_exp": True,
+        "verify_nbf": True,
+        "verify_iat": True,
+        "verify_aud": settings.audience is not None,
+        "verify_iss": settings.issuer is not None,
+        "require": sorted(required),
+    }
+    try:
+        claims: dict[str, Any] = _claims_reader.decode(
+            token,
+            options=options,
+            audience=settings.audience,
+            issuer=settings.issuer,
+            leeway=settings.leeway,
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise TokenError("The token has expired.", code="token_expired") from exc
+    except jwt.ImmatureSignatureError as exc:
+        raise TokenError("The token is not valid yet.", code="token_not_yet_valid") from exc
+    except jwt.InvalidTokenError as exc:
+        raise TokenError(_claim_message(exc), code="invalid_claims") from exc
+    if settings.max_age is not None:
+        iat = claims["iat"]
+        if time.time() - iat > settings.max_age + settings.leeway:
+            raise TokenError(
+                "The token was issued longer ago than DEVHEALTH_WEBHOOKS_MAX_AGE allows.",
+                code="token_expired",
+            )
+    return claims
+
+
+def _claim_message(exc: jwt.InvalidTokenError) -> str:
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"The token lacks the required claim {exc.claim!r}."
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "The token's audience ('aud') does not match DEVHEALTH_WEBHOOKS_AUDIENCE."
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "The token's issuer ('iss') does not match DEVHEALTH_WEBHOOKS_ISSUER."
+    return "The token's claims are invalid."
