@@ -152,7 +152,12 @@ def load_settings(app: Flask) -> Settings:
         raise ConfigurationError(f"{_key('HEADER')} must name the HTTP header carrying the JWT.")
     if not isinstance(c["STORE_PAYLOADS"], bool):
         raise ConfigurationError(f"{_key('STORE_PAYLOADS')} must be True or False.")
-    encryption_keys = _string_list("ENCRYPTION_KEYS", c["ENCRYPTION_KEYS"])
+    keys = c["ENCRYPTION_KEYS"]
+    if isinstance(keys, (str, bytes)):
+        keys = [keys]
+    if isinstance(keys, (list, tuple)):  # Fernet.generate_key() returns bytes
+        keys = [k.decode("ascii", "replace") if isinstance(k, bytes) else k for k in keys]
+    encryption_keys = _string_list("ENCRYPTION_KEYS", keys)
     if encryption_keys:
         from .store import make_fernet  # imported lazily: cryptography is an optional extra
 

@@ -427,7 +427,16 @@ class DeliveryStore:
                     f"Delivery {delivery_id!r} is encrypted; set DEVHEALTH_WEBHOOKS_ENCRYPTION_KEYS"
                     " to a list holding its key to read it."
                 )
-            data = self._fernet.decrypt(data)
+            from cryptography.fernet import InvalidToken
+
+            try:
+                data = self._fernet.decrypt(data)
+            except InvalidToken as exc:
+                raise NotReplayable(
+                    f"Delivery {delivery_id!r} was encrypted with a key that is not in "
+                    "DEVHEALTH_WEBHOOKS_ENCRYPTION_KEYS; add that key (after the current one) "
+                    "to read it."
+                ) from exc
         return data
 
     def purge(self, older_than: timedelta, *, payloads_only: bool = False) -> int:

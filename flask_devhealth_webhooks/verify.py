@@ -39,8 +39,9 @@ _claims_reader = jwt.PyJWT()
 def extract_token(value: str | None) -> str:
     """Return the bare token from a header value: trimmed, an optional ``Bearer `` removed."""
     token = (value or "").strip()
-    if token[:7].lower() == "bearer ":
-        token = token[7:].strip()
+    scheme, _, rest = token.partition(" ")
+    if scheme.lower() == "bearer":
+        token = rest.strip()
     if not token:
         raise TokenError("The webhook token header is missing or empty.", code="missing_token")
     return token
@@ -123,6 +124,8 @@ def _check_claims(token: str, settings: Settings) -> dict[str, Any]:
         raise TokenError(_claim_message(exc), code="invalid_claims") from exc
     if settings.max_age is not None:
         iat = claims["iat"]
+        if isinstance(iat, bool) or not isinstance(iat, (int, float)):
+            raise TokenError("The token's 'iat' claim must be a number.", code="invalid_claims")
         if time.time() - iat > settings.max_age + settings.leeway:
             raise TokenError(
                 "The token was issued longer ago than DEVHEALTH_WEBHOOKS_MAX_AGE allows.",
