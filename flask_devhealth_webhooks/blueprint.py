@@ -128,7 +128,7 @@ MAX_DEPTH = 64
 def parse_json(raw: bytes) -> dict[str, Any]:
     """One UTF-8 JSON object, whatever the Content-Type; NaN, Infinity and deep nesting refused."""
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a leading byte-order mark is tolerated
         body = json.loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise InvalidJSON("The body is not valid UTF-8.") from None

@@ -39,9 +39,9 @@ _claims_reader = jwt.PyJWT()
 def extract_token(value: str | None) -> str:
     """Return the bare token from a header value: trimmed, an optional ``Bearer `` removed."""
     token = (value or "").strip()
-    scheme, _, rest = token.partition(" ")
-    if scheme.lower() == "bearer":
-        token = rest.strip()
+    parts = token.split(None, 1)
+    if parts and parts[0].lower() == "bearer":
+        token = parts[1] if len(parts) > 1 else ""
     if not token:
         raise TokenError("The webhook token header is missing or empty.", code="missing_token")
     return token
