@@ -11,7 +11,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal
@@ -63,6 +63,48 @@ deliveries = sa.Table(
 )
 
 c = deliveries.c
+
+# Statements of the request path, built once: building and cache-keying a Core statement with
+# ``.values(...)`` on every call cost more than the SQL itself. Parameters go to ``execute``.
+_CLAIM_INSERT: dict[str, Any] = {
+    "sqlite": sqlite_insert(deliveries).on_conflict_do_nothing(index_elements=["delivery_id"]),
+    # PostgreSQL adds RETURNING for the primary key, which makes rowcount -1: ask for the row.
+    "postgresql": pg_insert(deliveries)
+    .on_conflict_do_nothing(index_elements=["delivery_id"])
+    .returning(c.id),
+}
+#: UPDATE ... WHERE delivery_id = :match_delivery_id; SET comes from the parameters' other keys.
+_UPDATE_DELIVERY = deliveries.update().where(c.delivery_id == sa.bindparam("match_delivery_id"))
+_CLAIM_KEYS = (
+    "delivery_id", "event_name", "event_type", "object_type", "object_id", "status", "state",
+    "attempts", "first_received_at", "last_received_at", "lease_expires_at",
+    "succeeded_handlers", "payload", "payload_encrypted",
+)  # fmt: skip
+_FINISH_KEYS = ("state", "succeeded_handlers", "lease_expires_at", "last_error")
+
+
+class _DirectStatement:
+    """A Core statement compiled once for SQLite, then run on the pooled DBAPI connection.
+
+    On SQLite, SQLAlchemy's per-execution work (Connection and Transaction objects, the
+    compiled-cache lookup, the execution context) costs more than the insert itself, so the two
+    writes every delivery makes (claim and finish) skip it. The SQL, the parameter order and
+    the type conversions still come from the Core table and the engine's dialect; each write
+    is committed on its own, and DBAPI errors are raised as SQLAlchemy's (parameters hidden).
+    Engine event hooks such as ``before_cursor_execute`` do not see these two statements.
+    """
+
+    def __init__(self, stmt: Any, dialect: Any, keys: Sequence[str]) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+        order: Sequence[str] = compiled.positiontup or ()
+        allowed = {*keys, "match_delivery_id"}
+        if not order or not set(order) <= allowed:  # a default or a named paramstyle
+            raise ValueError("this statement cannot be run directly")
+        self.sql = str(compiled)
+        self.binds = tuple(
+            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in order
+        )
 
 
 def utcnow() -> datetime:
@@ -210,6 +252,16 @@ class DeliveryStore:
         # One in-memory SQLite connection is shared by every thread: serialise its use.
         memory = self._dialect == "sqlite" and engine.url.database in (None, "", ":memory:")
         self._lock: threading.RLock | None = threading.RLock() if memory else None
+        self._direct: dict[str, _DirectStatement] = {}
+        if self._dialect == "sqlite":
+            dialect = engine.dialect
+            self._direct = {
+                "claim": _DirectStatement(_CLAIM_INSERT["sqlite"], dialect, _CLAIM_KEYS),
+                "finish": _DirectStatement(_UPDATE_DELIVERY, dialect, _FINISH_KEYS),
+                "finish_done": _DirectStatement(
+                    _UPDATE_DELIVERY, dialect, (*_FINISH_KEYS, "processed_at")
+                ),
+            }
 
     @classmethod
     def from_settings(cls, settings: Settings, app: Flask) -> DeliveryStore:
@@ -245,18 +297,46 @@ class DeliveryStore:
                 raise
         self._ready = True
 
+    def _write_direct(self, statement: _DirectStatement, params: dict[str, Any]) -> int:
+        """Run and commit one write on SQLite's DBAPI connection; return its rowcount."""
+        args = [
+            params[n] if convert is None else convert(params[n]) for n, convert in statement.binds
+        ]
+        if not self._ready:
+            self.create_table()
+        with self._lock or nullcontext():
+            dbapi_connection = self.engine.raw_connection()
+            try:
+                cursor = dbapi_connection.cursor()
+                try:
+                    cursor.execute(statement.sql, args)
+                    rowcount = int(cursor.rowcount)
+                finally:
+                    cursor.close()
+                dbapi_connection.commit()
+            except self.engine.dialect.loaded_dbapi.Error as exc:
+                raise sa.exc.DBAPIError.instance(
+                    statement.sql,
+                    None,
+                    exc,
+                    self.engine.dialect.loaded_dbapi.Error,
+                    hide_parameters=True,
+                    dialect=self.engine.dialect,
+                ) from exc
+            finally:
+                dbapi_connection.close()  # back to the pool, which rolls back anything left
+        return rowcount
+
     def _insert_ignoring_conflict(self, conn: Connection, values: dict[str, Any]) -> bool:
-        if self._dialect in ("sqlite", "postgresql"):
-            dialect_insert: Any = sqlite_insert if self._dialect == "sqlite" else pg_insert
-            stmt = (
-                dialect_insert(deliveries)
-                .values(values)
-                .on_conflict_do_nothing(index_elements=["delivery_id"])
-            )
-            return conn.execute(stmt).rowcount == 1
+        stmt = _CLAIM_INSERT.get(self._dialect)
+        if stmt is not None:
+            result = conn.execute(stmt, values)
+            if self._dialect == "postgresql":
+                return result.first() is not None
+            return result.rowcount == 1
         try:
             with conn.begin_nested():
-                conn.execute(deliveries.insert().values(values))
+                conn.execute(deliveries.insert(), values)
         except IntegrityError:
             return False
         return True
@@ -294,15 +374,23 @@ class DeliveryStore:
             "payload": payload,
             "payload_encrypted": encrypted,
         }
+        if self._direct:
+            if self._write_direct(self._direct["claim"], values) == 1:
+                return Claim("new")
+            return self._take_over(event.delivery_id, now)
         with self._begin() as conn:
             if self._insert_ignoring_conflict(conn, values):
                 return Claim("new")
         return self._take_over(event.delivery_id, now)
 
-    def _take_over(self, delivery_id: str, now: datetime, *, force: bool = False) -> Claim:
+    def _take_over(
+        self, delivery_id: str, now: datetime, *, replay: bool = False, force: bool = False
+    ) -> Claim:
         takeable = sa.or_(
             c.state == "failed", sa.and_(c.state == "processing", c.lease_expires_at < now)
         )
+        if replay:  # a dead letter stays replayable; its succeeded handlers are still skipped
+            takeable = sa.or_(takeable, c.state == "dead_letter")
         if force:
             takeable = sa.or_(takeable, c.state.in_(FINISHED))
         changes: dict[str, Any] = {
@@ -340,16 +428,21 @@ class DeliveryStore:
         return Claim(kind, tuple(json.loads(row.succeeded_handlers)), row.state, row.attempts)
 
     def claim_replay(self, delivery_id: str, *, force: bool = False) -> Claim:
-        """Claim a stored delivery for replay; ``force`` also reopens finished ones."""
-        return self._take_over(delivery_id, utcnow(), force=force)
+        """Claim a stored delivery for replay: failed, dead-lettered or crashed ones.
+
+        ``force`` also reopens processed and ignored ones and forgets which handlers succeeded.
+        """
+        return self._take_over(delivery_id, utcnow(), replay=True, force=force)
 
     def record_progress(self, delivery_id: str, succeeded: Sequence[str]) -> None:
         """Persist the handlers that have succeeded so far, so a crash does not rerun them."""
         with self._begin() as conn:
             conn.execute(
-                deliveries.update()
-                .where(c.delivery_id == delivery_id)
-                .values(succeeded_handlers=json.dumps(sorted(set(succeeded))))
+                _UPDATE_DELIVERY,
+                {
+                    "match_delivery_id": delivery_id,
+                    "succeeded_handlers": json.dumps(sorted(set(succeeded))),
+                },
             )
 
     def finish(
@@ -368,8 +461,13 @@ class DeliveryStore:
         }
         if state in FINISHED:
             values["processed_at"] = utcnow()
+        values["match_delivery_id"] = delivery_id
+        if self._direct:
+            direct = self._direct["finish_done" if "processed_at" in values else "finish"]
+            self._write_direct(direct, values)
+            return
         with self._begin() as conn:
-            conn.execute(deliveries.update().where(c.delivery_id == delivery_id).values(values))
+            conn.execute(_UPDATE_DELIVERY, values)
 
     # -- reading, replay and purge --------------------------------------------------------
 
