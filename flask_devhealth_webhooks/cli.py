@@ -115,7 +115,8 @@ def send_command(
         set_path(payload, path, value)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if url is None:
-        url = "http://127.0.0.1:5000" + url_for("devhealth_webhooks.receive")
+        with app.test_request_context():
+            url = "http://127.0.0.1:5000" + url_for("devhealth_webhooks.receive")
     raw = encode_body(payload)
     settings = get_state().settings
     status = 0
@@ -124,7 +125,7 @@ def send_command(
             settings.secrets[0], algorithm=settings.algorithms[0], **signing_claims(app, raw)
         )
         status, answer, retry_after = _post(url, raw, {settings.header: token}, timeout)
-        click.echo(f"{status} {answer}")
+        click.echo(f"{status} {answer.strip()}")
         if 200 <= status < 300 or attempt == retries:
             break
         delay = retry_after if retry_after is not None else min(2.0**attempt, 30.0)
@@ -254,8 +255,10 @@ def replay_command(
         for delivery_id in ids:
             results[delivery_id] = replay_delivery(delivery_id, force=force)
     for delivery_id, outcome in results.items():
-        click.echo(f"{delivery_id}  {outcome}")
-    bad = [d for d, o in results.items() if o not in ("processed", "ignored", "dead_letter")]
+        hint = "  (already finished; --force reruns it)" if outcome == "duplicate" else ""
+        click.echo(f"{delivery_id}  {outcome}{hint}")
+    fine = ("processed", "ignored", "dead_letter", "duplicate")
+    bad = [d for d, o in results.items() if o not in fine]
     click.echo(f"{len(results) - len(bad)} replayed, {len(bad)} not processed.")
     if bad:
         raise SystemExit(1)

@@ -6,6 +6,7 @@ Lifecycle signals follow Flask's convention: the app is the sender, data in keyw
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -35,7 +36,7 @@ webhook_rejected = _signals.signal(
 )
 webhook_processed = _signals.signal(
     "webhook-processed",
-    doc="Handlers finished without error: ``event=``, ``outcome=`` (processed, ignored, ...).",
+    doc="Every handler succeeded: ``event=``, ``outcome=`` (``processed`` or ``ignored``).",
 )
 webhook_failed = _signals.signal(
     "webhook-failed", doc="At least one handler raised: ``event=``, ``failures=`` (HandlerFailure)."
@@ -102,6 +103,18 @@ class HandlerFailure:
     exception: BaseException
 
 
+def _in_order(signal: Signal, sender: Any) -> list[Callable[..., Any]]:
+    """The receivers for ``sender`` in the order they were connected (blinker keeps a set)."""
+    found = list(signal.receivers_for(sender))
+    if len(found) < 2:
+        return found
+    position: dict[int, int] = {}
+    for index, ref in enumerate(signal.receivers.values()):
+        target = ref() if isinstance(ref, weakref.ref) else ref
+        position[id(target)] = index
+    return sorted(found, key=lambda fn: position.get(id(fn), len(position)))
+
+
 @dataclass
 class DispatchResult:
     """What one dispatch did: handlers that ran, succeeded, were skipped, and failures."""
@@ -130,9 +143,9 @@ def dispatch(
     for ev in (event, *event.derived()):
         if event_dispatched.receivers:
             event_dispatched.send(app, event=ev)
-        for fn in event_signal(ev.name).receivers_for(ev):
+        for fn in _in_order(event_signal(ev.name), ev):
             calls.append((handler_key(ev.name, fn), fn, ev))
-    for fn in any_event.receivers_for(event):
+    for fn in _in_order(any_event, event):
         calls.append((handler_key(ANY, fn), fn, event))
 
     result = DispatchResult()

@@ -81,7 +81,7 @@ def sample_payload(name: str, *, legacy: bool = False, **data_overrides: Any) ->
         elif spec.aliases:
             sent_type = spec.aliases[0]
         body["event_id"] = "wh_evt_" + secrets.token_hex(8)
-        body["occurred_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        body["occurred_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         body["event_type"] = sent_type
         body["title"] = spec.title or canonical.replace("_", " ").replace(".", ": ").title()
     body["description"] = spec.description

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from flask_devhealth_webhooks import blueprint
+from flask_devhealth_webhooks import blueprint, get_state
 from flask_devhealth_webhooks.signals import _signals
 from flask_devhealth_webhooks.store import deliveries
 
@@ -45,7 +45,7 @@ def build_app(tmp_path: Path | None = None, **config: Any) -> Flask:
 
 
 @pytest.fixture
-def make_app(tmp_path: Path) -> Callable[..., Flask]:
+def make_app(tmp_path: Path, _disconnect_test_handlers: None) -> Callable[..., Flask]:
     """``make_app(SECRET=..., MAX_BODY=...)``: a fresh app per call."""
 
     def make(**config: Any) -> Flask:
@@ -67,11 +67,26 @@ def _disconnect_test_handlers() -> Iterator[None]:
     yield
     for name, sig in list(_signals.items()):
         for receiver_id in set(sig.receivers) - before.get(name, set()):
-            receiver = sig.receivers[receiver_id]
+            receiver: Any = sig.receivers[receiver_id]
             if isinstance(receiver, weakref.ref):
                 receiver = receiver()
             if receiver is not None:
                 sig.disconnect(receiver)
+
+
+@pytest.fixture
+def durable(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+    """``durable(**config)``: apps whose delivery log is the parametrized database."""
+    apps: list[Flask] = []
+
+    def make(**config: Any) -> Flask:
+        app = build_app(tmp_path, DATABASE_URL=database_url, **config)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        get_state(app).store.engine.dispose()
 
 
 def postgres_url() -> str | None:

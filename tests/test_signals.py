@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from flask_devhealth_webhooks import Event, on, signals
-from flask_devhealth_webhooks.testing import make_token
+from flask_devhealth_webhooks.testing import make_token, sample_payload, send_webhook
 
 URL = "/webhooks/devhealth"
 
@@ -326,3 +326,18 @@ def test_signals_are_documented() -> None:
         signals.webhook_failed,
     ):
         assert signal.__doc__
+
+
+def test_handlers_run_in_the_order_they_were_registered(client: FlaskClient) -> None:
+    """blinker keeps receivers in a set; dispatch restores registration order."""
+    calls: list[int] = []
+    for index in range(12):
+
+        def handler(event: Event, index: int = index) -> None:
+            calls.append(index)
+
+        handler.__qualname__ = f"ordered_{index}"
+        on("benefit_verification.updated")(handler)
+    response = send_webhook(client, sample_payload("benefit_verification.updated"))
+    assert response.status_code == 200
+    assert calls == list(range(12))

@@ -1,0 +1,304 @@
+"""The delivery log's storage: table definition, engines and URLs, payload policy, purge."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import SECRET, build_app
+from flask import Flask
+
+import flask_devhealth_webhooks
+from flask_devhealth_webhooks import blueprint, deliveries, get_state, on
+from flask_devhealth_webhooks.events import Event
+from flask_devhealth_webhooks.exceptions import DeliveryNotFound, NotReplayable
+from flask_devhealth_webhooks.store import create_engine_for, utcnow
+from flask_devhealth_webhooks.testing import encode_body, sample_payload, send_webhook
+
+BV = "benefit_verification.updated"
+PA = "prior_authorization.updated"
+
+
+def raw_rows(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(deliveries)))
+
+
+# -- the table -----------------------------------------------------------------------------
+
+
+def test_table_definition_is_importable_for_migrations() -> None:
+    assert flask_devhealth_webhooks.deliveries is deliveries
+    assert "deliveries" in flask_devhealth_webhooks.__all__
+    assert isinstance(deliveries, sa.Table)
+    assert deliveries.name == "devhealth_webhook_deliveries"
+    expected = {
+        "delivery_id",
+        "event_name",
+        "event_type",
+        "object_type",
+        "object_id",
+        "status",
+        "state",
+        "attempts",
+        "first_received_at",
+        "last_received_at",
+        "processed_at",
+        "succeeded_handlers",
+        "last_error",
+        "payload",
+    }
+    assert expected <= set(deliveries.c.keys())
+    for url in ("postgresql+psycopg://u@127.0.0.1/db", "sqlite://"):
+        engine = sa.create_engine(url)  # never connects: only its dialect is used
+        ddl = str(sa.schema.CreateTable(deliveries).compile(dialect=engine.dialect))
+        assert "CREATE TABLE devhealth_webhook_deliveries" in ddl
+        assert "UNIQUE (delivery_id)" in ddl
+
+
+def test_table_is_created_on_first_use(durable: Callable[..., Flask]) -> None:
+    app = durable()
+    engine = get_state(app).store.engine
+    assert not sa.inspect(engine).has_table(deliveries.name)
+
+    response = send_webhook(app.test_client(), sample_payload(BV))
+
+    assert response.status_code == 200
+    assert sa.inspect(engine).has_table(deliveries.name)
+    assert len(raw_rows(engine)) == 1
+
+
+def test_a_table_created_by_the_users_own_migration_is_used(database_url: str) -> None:
+    engine = sa.create_engine(database_url)
+    try:
+        my_metadata = sa.MetaData()
+        deliveries.to_metadata(my_metadata)
+        my_metadata.create_all(engine)
+        app = build_app(None, DATABASE_URL=None, ENGINE=engine)
+        payload = sample_payload(BV)
+
+        response = send_webhook(app.test_client(), payload)
+
+        assert response.status_code == 200
+        [stored] = raw_rows(engine)
+        assert stored.delivery_id == payload["event_id"]
+        assert stored.state == "processed"
+    finally:
+        engine.dispose()
+
+
+# -- where the log lives -------------------------------------------------------------------
+
+
+def test_default_is_a_wal_sqlite_file_in_the_instance_folder(tmp_path: Path) -> None:
+    instance = tmp_path / "not" / "created" / "yet"
+    app = Flask("default_store_app", instance_path=str(instance))
+    app.config["DEVHEALTH_WEBHOOKS_SECRET"] = SECRET
+    app.register_blueprint(blueprint)
+    payload = sample_payload(BV)
+
+    response = send_webhook(app.test_client(), payload)
+    get_state(app).store.engine.dispose()
+
+    assert response.status_code == 200
+    path = instance / "devhealth_webhooks.sqlite3"
+    assert path.is_file()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        stored = conn.execute(
+            "SELECT delivery_id, state FROM devhealth_webhook_deliveries"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert stored == [(payload["event_id"], "processed")]
+
+
+def test_sqlite_memory_url_keeps_the_log_in_memory_per_app(tmp_path: Path) -> None:
+    first = build_app(tmp_path, DATABASE_URL="sqlite://")
+    second = build_app(tmp_path, DATABASE_URL="sqlite://")
+    client = first.test_client()
+    payload = sample_payload(BV)
+
+    answers = [send_webhook(client, payload).json["status"] for _ in range(2)]
+
+    assert answers == ["processed", "duplicate"]
+    assert get_state(first).store.count() == 1
+    assert get_state(second).store.count() == 0
+    assert list(tmp_path.rglob("*.sqlite3")) == []
+
+
+def test_an_existing_engine_can_be_handed_over(database_url: str) -> None:
+    engine = sa.create_engine(database_url)
+    try:
+        app = build_app(None, DATABASE_URL=None, ENGINE=engine)
+        payload = sample_payload(BV)
+
+        response = send_webhook(app.test_client(), payload)
+
+        assert get_state(app).store.engine is engine
+        assert response.status_code == 200
+        assert [r.delivery_id for r in raw_rows(engine)] == [payload["event_id"]]
+    finally:
+        engine.dispose()
+
+
+def test_plain_postgresql_urls_use_psycopg_3() -> None:
+    for url in ("postgresql://u@127.0.0.1:5432/db", "postgres://u@127.0.0.1:5432/db"):
+        engine = create_engine_for(url)
+        assert engine.dialect.name == "postgresql"
+        assert engine.dialect.driver == "psycopg"
+        engine.dispose()
+
+
+def test_an_unwritable_log_answers_503_so_the_sender_retries(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'log.sqlite3'}")
+    app = build_app(None, DATABASE_URL=None, ENGINE=engine)
+    calls: list[str] = []
+
+    @on(BV)
+    def handler(event: Event) -> None:
+        calls.append(event.delivery_id)
+
+    response = send_webhook(app.test_client(), sample_payload(BV))
+    engine.dispose()
+
+    assert response.status_code == 503
+    assert response.json["error"] == "storage_unavailable"
+    assert response.headers["Retry-After"].isdigit()
+    assert calls == []
+
+
+# -- payload policy ------------------------------------------------------------------------
+
+
+def test_store_payloads_false_keeps_metadata_only(durable: Callable[..., Flask]) -> None:
+    app = durable(STORE_PAYLOADS=False)
+    calls: list[int] = []
+
+    @on(BV)
+    def flaky(event: Event) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first try fails")
+
+    client = app.test_client()
+    payload = sample_payload(BV, status="failed")
+    store = get_state(app).store
+
+    answers = [send_webhook(client, payload).status_code for _ in range(3)]
+
+    # Live retries still work: the sender resends the body, the log keeps the bookkeeping.
+    assert answers == [500, 200, 200]
+    assert len(calls) == 2
+    [stored] = raw_rows(store.engine)
+    assert stored.payload is None
+    delivery = store.get(payload["event_id"])
+    assert not delivery.has_payload
+    assert delivery.state == "processed"
+    assert delivery.object_id == payload["data"]["id"]
+    assert delivery.status == "failed"
+    assert delivery.event_type == "benefit_verification.status_change"
+    with pytest.raises(NotReplayable, match="DEVHEALTH_WEBHOOKS_STORE_PAYLOADS"):
+        store.payload(payload["event_id"])
+
+
+def test_stored_payload_is_the_body_as_received(durable: Callable[..., Flask]) -> None:
+    app = durable()
+    raw = (
+        b'{"event_type": "prior_authorization.message",  "data": '
+        + encode_body(sample_payload("prior_authorization.message")["data"])
+        + b', "event_id": "evt_spacing"}'
+    )
+
+    response = send_webhook(app.test_client(), raw)
+
+    assert response.status_code == 200
+    assert get_state(app).store.payload("evt_spacing") == raw
+
+
+def test_unknown_delivery_is_reported_by_id(durable: Callable[..., Flask]) -> None:
+    store = get_state(durable()).store
+    with pytest.raises(DeliveryNotFound, match="evt_nope"):
+        store.get("evt_nope")
+    with pytest.raises(DeliveryNotFound, match="evt_nope"):
+        store.payload("evt_nope")
+
+
+# -- purge ---------------------------------------------------------------------------------
+
+#: (name, state, age in days) of the rows the purge tests start from.
+ROWS = [
+    ("old_processed", "processed", 40),
+    ("old_ignored", "ignored", 40),
+    ("old_dead", "dead_letter", 40),
+    ("old_failed", "failed", 40),
+    ("old_processing", "processing", 40),
+    ("new_processed", "processed", 5),
+]
+OLD_FINISHED = {"old_processed", "old_ignored", "old_dead"}
+
+
+def seed_rows(app: Flask) -> None:
+    """One delivery per ROWS entry, then its state and age set directly in the table."""
+    client = app.test_client()
+    now = utcnow()
+    for name, _, _ in ROWS:
+        payload = sample_payload(PA)
+        payload["event_id"] = name
+        assert send_webhook(client, payload).status_code == 200
+    with get_state(app).store.engine.begin() as conn:
+        for name, state, age in ROWS:
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.delivery_id == name)
+                .values(state=state, first_received_at=now - timedelta(days=age))
+            )
+
+
+def test_purge_deletes_finished_deliveries_older_than_the_cutoff(
+    durable: Callable[..., Flask],
+) -> None:
+    app = durable()
+    seed_rows(app)
+    store = get_state(app).store
+
+    purged = store.purge(timedelta(days=30))
+
+    assert purged == 3
+    left = {d.delivery_id for d in store.list(limit=None)}
+    assert left == {"old_failed", "old_processing", "new_processed"}
+    assert store.purge(timedelta(days=30)) == 0
+
+
+def test_purge_with_a_shorter_cutoff_reaches_newer_rows(durable: Callable[..., Flask]) -> None:
+    app = durable()
+    seed_rows(app)
+    store = get_state(app).store
+
+    assert store.purge(timedelta(days=1)) == 4
+    assert {d.delivery_id for d in store.list(limit=None)} == {"old_failed", "old_processing"}
+
+
+def test_purge_payloads_only_keeps_metadata(durable: Callable[..., Flask]) -> None:
+    app = durable()
+    seed_rows(app)
+    store = get_state(app).store
+
+    purged = store.purge(timedelta(days=30), payloads_only=True)
+
+    assert purged == 3
+    rows = {d.delivery_id: d for d in store.list(limit=None)}
+    assert set(rows) == {name for name, _, _ in ROWS}
+    for name, state, _ in ROWS:
+        assert rows[name].state == state
+        assert rows[name].object_id is not None
+        assert rows[name].has_payload == (name not in OLD_FINISHED)
+    with pytest.raises(NotReplayable):
+        store.payload("old_processed")
+    assert store.payload("old_failed")
