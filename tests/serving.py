@@ -41,9 +41,16 @@ def gunicorn(
     """
     port = free_port()
     bind = f"127.0.0.1:{port}"
+    from gunicorn.config import KNOWN_SETTINGS
+
+    # Recent gunicorn opens a control socket at one fixed path; parallel servers would share it.
+    if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS):
+        extra = ["--no-control-socket"]
+    else:  # pragma: no cover - older gunicorn has no control socket
+        extra = []
     cmd = [
         sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
-        "--graceful-timeout", "5", "--timeout", "60", app_spec,
+        "--graceful-timeout", "5", "--timeout", "60", *extra, app_spec,
     ]  # fmt: skip
     log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
