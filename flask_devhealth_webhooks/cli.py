@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ logger = logging.getLogger("flask_devhealth_webhooks")
 cli = blueprint.cli
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LONGEST = timedelta(days=36500)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -35,7 +37,10 @@ def parse_duration(text: str) -> timedelta:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if not match:
         raise click.BadParameter(f"{text!r} is not a duration like 30d, 12h, 15m or 45s.")
-    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    seconds = float(match[1]) * _UNITS[match[2]]
+    if seconds > _LONGEST.total_seconds():
+        raise click.BadParameter(f"{text!r} is longer than {_LONGEST.days} days.")
+    return timedelta(seconds=seconds)
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg,unused-ignore]
@@ -57,10 +62,11 @@ def _operator() -> str:
 @cli.command("events")
 def events_command() -> None:
     """List the event catalogue: canonical names, vendor aliases, legacy titles."""
-    click.echo(f"{'event':45} {'data.object':22} {'also accepted as / legacy title'}")
+    rows = [("event", "data.object", "also accepted as / legacy title")]
     for e in CATALOGUE:
         also = ", ".join([*e.aliases, *([repr(e.title)] if e.title else [])]) or "-"
-        click.echo(f"{e.name:45} {e.object:22} {also}")
+        rows.append((e.name, e.object, also))
+    _echo_table(rows)
 
 
 @cli.command("token")
@@ -104,7 +110,10 @@ def send_command(
     if canonical_name(source) is not None:
         payload = sample_payload(source, legacy=legacy)
     elif Path(source).is_file():
-        payload = json.loads(Path(source).read_text(encoding="utf-8"))
+        try:
+            payload = json.loads(Path(source).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise click.ClickException(f"{source} is not a UTF-8 JSON file.") from None
     else:
         raise click.BadParameter(
             f"{source!r} is neither a known event name nor a file; see `flask devhealth events`.",
@@ -206,9 +215,14 @@ def log_command(
         )
         for r in rows
     ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for line in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    _echo_table(table)
+
+
+def _echo_table(rows: Sequence[Sequence[str]]) -> None:
+    """Print rows as left-aligned columns, the first row being the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 @cli.command("show")

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
 
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from flask import Flask
-    from sqlalchemy.engine import Engine
 
 logger = logging.getLogger("flask_devhealth_webhooks")
 
 PREFIX = "DEVHEALTH_WEBHOOKS_"
 ALLOWED_ALGORITHMS = ("HS256", "HS384", "HS512")
 MIN_SECRET_BYTES = 32
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an RFC 9110 token
 
 #: Every key with its default; applied with ``app.config.setdefault`` at registration.
 DEFAULTS: Mapping[str, Any] = {
@@ -128,8 +133,13 @@ def _algorithms(value: Any) -> tuple[str, ...]:
 def _number(name: str, value: Any, *, optional: bool = False, minimum: float = 0) -> Any:
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ConfigurationError(f"{_key(name)} must be a number of at least {minimum}.")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise ConfigurationError(f"{_key(name)} must be a finite number of at least {minimum}.")
     return value
 
 
@@ -141,6 +151,19 @@ def _optional_string(name: str, value: Any) -> str | None:
     return value
 
 
+def _database_url(value: Any) -> str | None:
+    url = _optional_string("DATABASE_URL", value)
+    if url is not None:
+        try:
+            make_url(url)
+        except ArgumentError:
+            raise ConfigurationError(
+                f"{_key('DATABASE_URL')} is not a SQLAlchemy database URL, such as "
+                "'postgresql://user@host/db' or 'sqlite:////path/to/file.sqlite3'."
+            ) from None
+    return url
+
+
 def load_settings(app: Flask) -> Settings:
     """Apply defaults to ``app.config`` and validate every key; raise ConfigurationError."""
     for name, default in DEFAULTS.items():
@@ -148,8 +171,16 @@ def load_settings(app: Flask) -> Settings:
     c = {name: app.config[_key(name)] for name in DEFAULTS}
 
     header = c["HEADER"]
-    if not isinstance(header, str) or not header.strip():
-        raise ConfigurationError(f"{_key('HEADER')} must name the HTTP header carrying the JWT.")
+    if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header.strip()):
+        raise ConfigurationError(
+            f"{_key('HEADER')} must be an HTTP header name (letters, digits, '-'), "
+            "such as 'X-Webhook-Secret'."
+        )
+    engine = c["ENGINE"]
+    if engine is not None and not isinstance(engine, Engine):
+        raise ConfigurationError(
+            f"{_key('ENGINE')} must be a SQLAlchemy Engine; use {_key('DATABASE_URL')} for a URL."
+        )
     if not isinstance(c["STORE_PAYLOADS"], bool):
         raise ConfigurationError(f"{_key('STORE_PAYLOADS')} must be True or False.")
     keys = c["ENCRYPTION_KEYS"]
@@ -174,8 +205,8 @@ def load_settings(app: Flask) -> Settings:
         header=header.strip(),
         max_body=int(_number("MAX_BODY", c["MAX_BODY"], minimum=1)),
         body_hash_claim=_optional_string("BODY_HASH_CLAIM", c["BODY_HASH_CLAIM"]),
-        database_url=_optional_string("DATABASE_URL", c["DATABASE_URL"]),
-        engine=c["ENGINE"],
+        database_url=_database_url(c["DATABASE_URL"]),
+        engine=engine,
         lease_seconds=float(_number("LEASE_SECONDS", c["LEASE_SECONDS"], minimum=1)),
         retry_after=int(_number("RETRY_AFTER", c["RETRY_AFTER"], minimum=0)),
         store_payloads=c["STORE_PAYLOADS"],

@@ -779,3 +779,27 @@ def test_purge_rejects_a_bad_duration(app: Flask) -> None:
 
     assert result.exit_code == 2
     assert "not a duration" in result.output
+
+
+def test_an_overlong_since_is_a_usage_error(app: Flask) -> None:
+    result = invoke(app, "log", "--since", "99999999d")
+    assert result.exit_code == 2
+    assert "longer than" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_send_refuses_a_file_that_is_not_json(app: Flask, tmp_path: Path) -> None:
+    path = tmp_path / "body.json"
+    path.write_text("not json {")
+    result = invoke(app, "send", str(path), "--url", "http://127.0.0.1:9/unused")
+    assert result.exit_code == 1
+    assert "is not a UTF-8 JSON file" in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_events_columns_are_aligned(app: Flask) -> None:
+    header, *rows = invoke(app, "events").output.splitlines()
+    column = header.index("data.object")
+    objects = {row[column:].split()[0] for row in rows}
+    assert objects == {"benefit_verification", "prior_authorization", "provider_outreach"}
+    assert all(row[column - 2 : column] == "  " for row in rows), rows

@@ -218,6 +218,15 @@ def test_defaults_are_applied(make_app: Callable[..., Flask]) -> None:
         ("ISSUER", 5),
         ("REQUIRED_CLAIMS", [1]),
         ("BODY_HASH_CLAIM", ""),
+        ("LEEWAY", float("inf")),
+        ("LEEWAY", float("nan")),
+        ("MAX_AGE", float("nan")),
+        ("MAX_BODY", float("inf")),
+        ("RETRY_AFTER", float("nan")),
+        ("LEASE_SECONDS", float("inf")),
+        ("HEADER", "X Bad: Header"),
+        ("DATABASE_URL", "not a url"),
+        ("ENGINE", "sqlite://"),
     ],
 )
 def test_other_bad_values_are_configuration_errors(
