@@ -21,7 +21,7 @@ from flask import current_app, url_for
 from .blueprint import blueprint, deliver, get_state, load_event, parse_json
 from .events import CATALOGUE, canonical_name
 from .exceptions import DeliveryNotFound, NotReplayable, WebhookError
-from .signals import webhook_replayed
+from .signals import notify, webhook_replayed
 from .store import Delivery, utcnow
 from .testing import encode_body, make_token, sample_payload, set_path, signing_claims
 
@@ -291,7 +291,7 @@ def replay_delivery(delivery_id: str, *, force: bool = False) -> str:
     except WebhookError:
         outcome = "invalid_payload"
     else:
-        webhook_replayed.send(app, event=event, outcome=outcome)
+        notify(webhook_replayed, app, event=event, outcome=outcome)
     logger.info(
         "webhook replay delivery_id=%s outcome=%s force=%s by=%s at=%s",
         delivery_id,

@@ -6,26 +6,33 @@ Lifecycle signals follow Flask's convention: the app is the sender, data in keyw
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from blinker import Namespace, Signal
+from blinker import NamedSignal, Namespace, Signal
 
 from .events import ANY, CATALOGUE, Event, canonical_name, closest_names
 
+#: Event signals, by canonical name (or uncatalogued vendor name); nothing else lives here, so
+#: no ``event_type`` a sender chooses can reach a lifecycle signal or the catch-all.
+logger = logging.getLogger("flask_devhealth_webhooks")
+
+_events = Namespace()
+#: Lifecycle signals (sender: the app).
 _signals = Namespace()
 
 #: One signal per catalogued event, keyed by canonical name; vendor aliases share the signal.
 EVENT_SIGNALS: dict[str, Signal] = {
-    e.name: _signals.signal(e.name, doc=e.description) for e in CATALOGUE
+    e.name: _events.signal(e.name, doc=e.description) for e in CATALOGUE
 }
 benefit_verification_updated = EVENT_SIGNALS["benefit_verification.updated"]
 prior_authorization_updated = EVENT_SIGNALS["prior_authorization.updated"]
 prior_authorization_determination = EVENT_SIGNALS["prior_authorization.determination"]
 #: Every delivery, catalogued or not, once per delivery (``@on("*")``).
-any_event = _signals.signal(ANY, doc="Every verified delivery, including unknown event types.")
+any_event = Signal("Every verified delivery, including unknown event types.")
 
 webhook_received = _signals.signal(
     "webhook-received", doc="A delivery passed verification and schema checks: ``event=``."
@@ -62,7 +69,7 @@ def event_signal(name: str) -> Signal:
     """The signal for a canonical name, an alias, ``"*"`` or an uncatalogued vendor name."""
     if name == ANY:
         return any_event
-    return _signals.signal(canonical_name(name) or name)
+    return _events.signal(canonical_name(name) or name)
 
 
 def on(name: str, *, strict: bool = True) -> Callable[[F], F]:
@@ -90,7 +97,8 @@ def on(name: str, *, strict: bool = True) -> Callable[[F], F]:
 
 def handler_key(event_name: str, fn: Callable[..., Any]) -> str:
     """A stable name for one handler of one event, as recorded in the delivery log."""
-    module = getattr(fn, "__module__", None) or "?"
+    fn = getattr(fn, "func", fn)  # functools.partial: name the function it wraps
+    module = getattr(fn, "__module__", None) or type(fn).__module__
     qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     return f"{event_name}:{module}.{qualname}"
 
@@ -101,6 +109,24 @@ class HandlerFailure:
 
     handler: str
     exception: BaseException
+
+
+def notify(signal: Signal, app: Any, **data: Any) -> None:
+    """Send a lifecycle signal; a receiver that raises is logged, never turned into a 500.
+
+    The request's answer must stay JSON and the delivery's bookkeeping must go on whatever an
+    observer does.
+    """
+    if not signal.receivers:
+        return
+    try:
+        signal.send(app, **data)
+    except Exception as exc:  # an observer's bug must not lose or alter the delivery
+        logger.error(
+            "webhook signal receiver failed signal=%s exception=%s",
+            signal.name if isinstance(signal, NamedSignal) else "?",
+            type(exc).__name__,
+        )
 
 
 def _in_order(signal: Signal, sender: Any) -> list[Callable[..., Any]]:
@@ -141,12 +167,20 @@ def dispatch(
     """
     calls: list[tuple[str, Callable[..., Any], Event]] = []
     for ev in (event, *event.derived()):
-        if event_dispatched.receivers:
-            event_dispatched.send(app, event=ev)
-        for fn in _in_order(event_signal(ev.name), ev):
+        notify(event_dispatched, app, event=ev)
+        # Looked up, not created: a signal per vendor name sent would pile up in the namespace.
+        # A delivery naming "*" finds no signal here: the catch-all is not in this namespace.
+        signal = _events.get(canonical_name(ev.name) or ev.name)
+        for fn in _in_order(signal, ev) if signal is not None else ():
             calls.append((handler_key(ev.name, fn), fn, ev))
     for fn in _in_order(any_event, event):
         calls.append((handler_key(ANY, fn), fn, event))
+    # Handlers with one name (made by one factory, say) are told apart by registration order.
+    seen: dict[str, int] = {}
+    for index, (key, fn, ev) in enumerate(calls):
+        seen[key] = count = seen.get(key, 0) + 1
+        if count > 1:
+            calls[index] = (f"{key}#{count}", fn, ev)
 
     result = DispatchResult()
     last = len(calls) - 1

@@ -63,14 +63,57 @@ def verify_token(header_value: str | None, body: bytes, settings: Settings) -> d
 def verify(header_value: str | None, body: bytes, settings: Settings) -> tuple[dict[str, Any], int]:
     """Like ``verify_token``, also returning the index of the secret that verified it."""
     token = extract_token(header_value)
-    slot = _check_signature(token, settings)
-    claims = _check_claims(token, settings)
+    verified = _verify_in_one_pass(token, settings)
+    if verified is not None:
+        claims, slot = verified
+    else:
+        slot = _check_signature(token, settings)
+        claims = _check_claims(token, settings)
     if settings.body_hash_claim is not None:
         expected = body_digest(body)
         sent = claims[settings.body_hash_claim]
         if not isinstance(sent, str) or not hmac.compare_digest(sent.lower(), expected):
             raise TokenError("The token's body-hash claim does not match the body received.")
     return claims, slot
+
+
+#: Key lengths under which PyJWT (2.10 and later) warns on every decode with its own HMAC.
+_MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+_one_pass = jwt.PyJWT()
+
+
+def _verify_in_one_pass(token: str, settings: Settings) -> tuple[dict[str, Any], int] | None:
+    """Signature and claims in one parse of the token (parsing is most of the cost).
+
+    Used when every secret is long enough for PyJWT not to warn and no max age is set; the same
+    allow-list and claim options apply. ``None`` sends the token down the step-by-step path,
+    which also names the exact reason a token is refused.
+    """
+    if settings.max_age is not None or any(
+        len(secret) < _MIN_KEY_BYTES[algorithm]
+        for secret in settings.secrets
+        for algorithm in settings.algorithms
+    ):
+        return None
+    options: Any = {**_claim_options(settings), "verify_signature": True}
+    algorithms = list(settings.algorithms)
+    for slot, secret in enumerate(settings.secrets):
+        try:
+            claims: dict[str, Any] = _one_pass.decode(
+                token,
+                secret,
+                algorithms=algorithms,
+                options=options,
+                audience=settings.audience,
+                issuer=settings.issuer,
+                leeway=settings.leeway,
+            )
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.InvalidTokenError:
+            return None
+        return claims, slot
+    return None
 
 
 def _check_signature(token: str, settings: Settings) -> int:
@@ -83,13 +126,14 @@ def _check_signature(token: str, settings: Settings) -> int:
             continue
         except jwt.InvalidAlgorithmError as exc:
             raise TokenError("The token is signed with an algorithm that is not allowed.") from exc
-        except jwt.DecodeError as exc:
+        except jwt.InvalidTokenError as exc:  # bad segments, header fields (kid, crit), ...
             raise TokenError("The token is not a well-formed JWT.", code="malformed_token") from exc
         return slot
     raise TokenError("The token's signature does not match any configured secret.")
 
 
-def _check_claims(token: str, settings: Settings) -> dict[str, Any]:
+def _claim_options(settings: Settings) -> dict[str, Any]:
+    """PyJWT options for the claims the settings ask for (signature not included)."""
     required = set(settings.required_claims)
     if settings.audience is not None:
         required.add("aud")
@@ -99,8 +143,7 @@ def _check_claims(token: str, settings: Settings) -> dict[str, Any]:
         required.add("iat")
     if settings.body_hash_claim is not None:
         required.add(settings.body_hash_claim)
-    options: Any = {
-        "verify_signature": False,  # verified above with the allow-listed algorithms
+    return {
         "verify_exp": True,
         "verify_nbf": True,
         "verify_iat": True,
@@ -108,6 +151,11 @@ def _check_claims(token: str, settings: Settings) -> dict[str, Any]:
         "verify_iss": settings.issuer is not None,
         "require": sorted(required),
     }
+
+
+def _check_claims(token: str, settings: Settings) -> dict[str, Any]:
+    # The signature was verified by _check_signature with the allow-listed algorithms.
+    options: Any = {**_claim_options(settings), "verify_signature": False}
     try:
         claims: dict[str, Any] = _claims_reader.decode(
             token,

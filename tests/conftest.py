@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_devhealth_webhooks import blueprint, get_state
-from flask_devhealth_webhooks.signals import _signals
+from flask_devhealth_webhooks.signals import _events, _signals, any_event
 from flask_devhealth_webhooks.store import deliveries
 
 SECRET = "test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -63,10 +63,11 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 @pytest.fixture(autouse=True)
 def _disconnect_test_handlers() -> Iterator[None]:
     """Disconnect every receiver a test connected, so handlers never leak between tests."""
-    before = {name: set(sig.receivers) for name, sig in _signals.items()}
+    every = [any_event, *_events.values(), *_signals.values()]
+    before = {id(sig): set(sig.receivers) for sig in every}
     yield
-    for name, sig in list(_signals.items()):
-        for receiver_id in set(sig.receivers) - before.get(name, set()):
+    for sig in [any_event, *_events.values(), *_signals.values()]:
+        for receiver_id in set(sig.receivers) - before.get(id(sig), set()):
             receiver: Any = sig.receivers[receiver_id]
             if isinstance(receiver, weakref.ref):
                 receiver = receiver()

@@ -371,6 +371,7 @@ def test_live_lease_answers_in_progress(
 
     assert response.status_code == 409
     assert response.json["error"] == "in_progress"
+    assert response.headers["Retry-After"] == "60"  # DEVHEALTH_WEBHOOKS_RETRY_AFTER
     assert response.json["delivery_id"] == payload["event_id"]
     assert calls == []
     assert [e.delivery_id for e in in_progress] == [payload["event_id"]]
