@@ -269,7 +269,14 @@ def deliver(
         )
 
     def progress(succeeded: list[str]) -> None:
-        store.record_progress(event.delivery_id, [*claim.succeeded, *succeeded])
+        if not store.record_progress(
+            event.delivery_id, [*claim.succeeded, *succeeded], attempt=claim.attempts
+        ):
+            _lease_lost(event)
+
+    def finish(state: States, error: str | None = None) -> None:
+        if not store.finish(event.delivery_id, state, succeeded, error, attempt=claim.attempts):
+            _lease_lost(event)
 
     result = dispatch(app, event, skip=claim.succeeded, on_success=progress)
     succeeded = [*claim.succeeded, *result.succeeded]
@@ -279,7 +286,7 @@ def deliver(
             if (result.ran or result.skipped or canonical_name(event.name) is not None)
             else "ignored"
         )
-        store.finish(event.delivery_id, state, succeeded)
+        finish(state)
         notify(webhook_processed, app, event=event, outcome=state)
         return Outcome(state, 200, {"status": state, **ids}, result=result)
 
@@ -294,9 +301,9 @@ def deliver(
             event.delivery_id,
         )
     if all(isinstance(f.exception, PermanentFailure) for f in result.failures):
-        store.finish(event.delivery_id, "dead_letter", succeeded, error)
+        finish("dead_letter", error)
         return Outcome("dead_letter", 200, {"status": "dead_letter", **ids}, result=result)
-    store.finish(event.delivery_id, "failed", succeeded, error)
+    finish("failed", error)
     retry = [f.exception for f in result.failures if isinstance(f.exception, RetryLater)]
     if len(retry) == len(result.failures):
         settings = get_state(app).settings
@@ -324,6 +331,16 @@ def deliver(
 
 
 # -- replies and logs -------------------------------------------------------------------
+
+
+def _lease_lost(event: Event) -> None:
+    """This worker outlived its lease and another took the delivery over: say so, write nothing."""
+    logger.warning(
+        "webhook lease lost delivery_id=%s event=%s: handlers ran longer than "
+        "DEVHEALTH_WEBHOOKS_LEASE_SECONDS and another worker took the delivery over",
+        _safe(event.delivery_id),
+        _safe(event.name),
+    )
 
 
 def _storage_unavailable(exc: SQLAlchemyError) -> Outcome:

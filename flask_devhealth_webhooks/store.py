@@ -73,8 +73,13 @@ _CLAIM_INSERT: dict[str, Any] = {
     .on_conflict_do_nothing(index_elements=["delivery_id"])
     .returning(c.id),
 }
-#: UPDATE ... WHERE delivery_id = :match_delivery_id; SET comes from the parameters' other keys.
-_UPDATE_DELIVERY = deliveries.update().where(c.delivery_id == sa.bindparam("match_delivery_id"))
+#: UPDATE ... WHERE delivery_id = :match_delivery_id AND attempts = :match_attempts; SET comes
+#: from the parameters' other keys. Every takeover bumps ``attempts``, so a worker whose lease
+#: was taken over (it ran past LEASE_SECONDS) can no longer overwrite the new owner's row.
+_UPDATE_DELIVERY = deliveries.update().where(
+    c.delivery_id == sa.bindparam("match_delivery_id"),
+    c.attempts == sa.bindparam("match_attempts"),
+)
 _CLAIM_KEYS = (
     "delivery_id", "event_name", "event_type", "object_type", "object_id", "status", "state",
     "attempts", "first_received_at", "last_received_at", "lease_expires_at",
@@ -97,7 +102,7 @@ class _DirectStatement:
     def __init__(self, stmt: Any, dialect: Any, keys: Sequence[str]) -> None:
         compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
         order: Sequence[str] = compiled.positiontup or ()
-        allowed = {*keys, "match_delivery_id"}
+        allowed = {*keys, "match_delivery_id", "match_attempts"}
         if not order or not set(order) <= allowed:  # a default or a named paramstyle
             raise ValueError("this statement cannot be run directly")
         self.sql = str(compiled)
@@ -266,7 +271,17 @@ class DeliveryStore:
     @classmethod
     def from_settings(cls, settings: Settings, app: Flask) -> DeliveryStore:
         """The store an app's settings ask for (engine handed over, URL, or the default)."""
-        engine = settings.engine or create_engine_for(settings.database_url or default_url(app))
+        engine = settings.engine
+        if engine is None:
+            url = settings.database_url or default_url(app)
+            try:
+                engine = create_engine_for(url)
+            except ImportError as exc:  # the URL's database driver is not installed
+                raise ConfigurationError(
+                    f"DEVHEALTH_WEBHOOKS_DATABASE_URL needs a database driver that is not "
+                    f"installed ({exc.name}); for PostgreSQL: "
+                    "pip install 'flask-devhealth-webhooks[postgres]'."
+                ) from exc
         return cls(
             engine,
             lease_seconds=settings.lease_seconds,
@@ -434,16 +449,21 @@ class DeliveryStore:
         """
         return self._take_over(delivery_id, utcnow(), replay=True, force=force)
 
-    def record_progress(self, delivery_id: str, succeeded: Sequence[str]) -> None:
-        """Persist the handlers that have succeeded so far, so a crash does not rerun them."""
+    def record_progress(self, delivery_id: str, succeeded: Sequence[str], *, attempt: int) -> bool:
+        """Persist the handlers that have succeeded so far, so a crash does not rerun them.
+
+        ``attempt`` is the claim's attempt number; False when the claim was lost meanwhile.
+        """
         with self._begin() as conn:
-            conn.execute(
+            result = conn.execute(
                 _UPDATE_DELIVERY,
                 {
                     "match_delivery_id": delivery_id,
+                    "match_attempts": attempt,
                     "succeeded_handlers": json.dumps(sorted(set(succeeded))),
                 },
             )
+            return bool(result.rowcount == 1)
 
     def finish(
         self,
@@ -451,8 +471,14 @@ class DeliveryStore:
         state: States,
         succeeded: Sequence[str],
         error: str | None = None,
-    ) -> None:
-        """Close the claim: the final state, the handlers that succeeded, the last error."""
+        *,
+        attempt: int,
+    ) -> bool:
+        """Close the claim: the final state, the handlers that succeeded, the last error.
+
+        ``attempt`` is the claim's attempt number; False when another worker took the
+        delivery over meanwhile (this worker outlived its lease), and nothing was written.
+        """
         values: dict[str, Any] = {
             "state": state,
             "succeeded_handlers": json.dumps(sorted(set(succeeded))),
@@ -462,12 +488,12 @@ class DeliveryStore:
         if state in FINISHED:
             values["processed_at"] = utcnow()
         values["match_delivery_id"] = delivery_id
+        values["match_attempts"] = attempt
         if self._direct:
             direct = self._direct["finish_done" if "processed_at" in values else "finish"]
-            self._write_direct(direct, values)
-            return
+            return self._write_direct(direct, values) == 1
         with self._begin() as conn:
-            conn.execute(_UPDATE_DELIVERY, values)
+            return bool(conn.execute(_UPDATE_DELIVERY, values).rowcount == 1)
 
     # -- reading, replay and purge --------------------------------------------------------
 

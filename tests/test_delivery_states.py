@@ -430,7 +430,7 @@ def test_crashed_worker_is_taken_over_without_rerunning_handlers_that_succeeded(
     store = get_state(app).store
     # A worker claimed the delivery, ran update_crm, recorded it, then died.
     store.claim(load_event(payload, {}), encode_body(payload))
-    store.record_progress(payload["event_id"], [handler_key(BV, update_crm)])
+    assert store.record_progress(payload["event_id"], [handler_key(BV, update_crm)], attempt=1)
     clock.advance(LEASE.total_seconds() + 1)
 
     response = send_webhook(app.test_client(), payload)
@@ -583,3 +583,29 @@ def test_log_lines_of_failures_carry_no_phi(
     assert f"handler={handler_key(BV, leaky)}" in caplog.text
     assert "exception=LedgerDown" in caplog.text
     assert_no_phi(caplog.text, payload)
+
+
+def test_a_worker_that_outlived_its_lease_does_not_overwrite_the_new_owner(
+    durable: Callable[..., Flask], clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = durable()
+    payload = sample_payload(BV)
+    store = get_state(app).store
+    takeovers: list[str] = []
+
+    @on(BV)
+    def slow(event: Event) -> None:
+        # While this handler runs past its lease, another worker takes the delivery over.
+        clock.advance(LEASE.total_seconds() + 1)
+        takeovers.append(store.claim(event, encode_body(payload)).kind)
+
+    caplog.set_level(logging.WARNING, logger="flask_devhealth_webhooks")
+    response = send_webhook(app.test_client(), payload)
+
+    assert response.status_code == 200
+    assert takeovers == ["takeover"]
+    delivery = row(app, payload["event_id"])
+    assert delivery.state == "processing"  # the new owner's claim, untouched
+    assert delivery.attempts == 2
+    assert delivery.processed_at is None
+    assert "webhook lease lost" in caplog.text

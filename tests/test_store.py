@@ -16,7 +16,7 @@ from flask import Flask
 import flask_devhealth_webhooks
 from flask_devhealth_webhooks import blueprint, deliveries, get_state, on
 from flask_devhealth_webhooks.events import Event
-from flask_devhealth_webhooks.exceptions import DeliveryNotFound, NotReplayable
+from flask_devhealth_webhooks.exceptions import ConfigurationError, DeliveryNotFound, NotReplayable
 from flask_devhealth_webhooks.store import create_engine_for, utcnow
 from flask_devhealth_webhooks.testing import encode_body, sample_payload, send_webhook
 
@@ -302,3 +302,20 @@ def test_purge_payloads_only_keeps_metadata(durable: Callable[..., Flask]) -> No
     with pytest.raises(NotReplayable):
         store.payload("old_processed")
     assert store.payload("old_failed")
+
+
+def test_a_missing_database_driver_is_a_configuration_error(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_psycopg(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "psycopg" or name.startswith("psycopg."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_psycopg)
+    with pytest.raises(ConfigurationError, match=r"\[postgres\]"):
+        make_app(DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test")
