@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -145,12 +146,17 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise InvalidJSON("The body must be one JSON object.")
     # A \ud800-style escape without its pair decodes to a lone surrogate, which no UTF-8
     # consumer (the delivery id, the database) can encode: refuse it here, as bad JSON.
-    if b"\\u" in raw and _has_lone_surrogate(body):
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
         raise InvalidJSON("The body contains an unpaired UTF-16 surrogate escape.")
     # Depth can only exceed MAX_DEPTH when there are at least that many brackets.
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _too_deep(body):
         raise InvalidJSON(f"The body is nested deeper than {MAX_DEPTH} levels.")
     return body
+
+
+#: \ud800-\udfff escapes (JSON writes ``\u`` in lower case): only these can leave a lone
+#: surrogate, so bodies with other escapes (accented names) skip the check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _has_lone_surrogate(body: Any) -> bool:

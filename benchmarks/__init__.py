@@ -1,0 +1,1 @@
+"""Benchmarks, HTTP load and soak scripts (not part of the package, not run in CI)."""
