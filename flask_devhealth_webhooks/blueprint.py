@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -19,8 +20,16 @@ from marshmallow import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings, load_settings
-from .events import Event, canonical_name, delivery_id_for, expected_object, resolve_name
+from .events import (
+    Event,
+    canonical_name,
+    delivery_id_for,
+    expected_object,
+    loggable,
+    resolve_name,
+)
 from .exceptions import (
+    DeliveryNotFound,
     InvalidJSON,
     InvalidPayload,
     PayloadTooLarge,
@@ -97,7 +106,7 @@ def receive() -> tuple[dict[str, Any], int, dict[str, str]]:
     notify(webhook_received, app, event=event)
     try:
         outcome = deliver(app, state.store, event, raw)
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DeliveryNotFound) as exc:
         outcome = _storage_unavailable(exc)
     _log_outcome(outcome, event, slot, started)
     return outcome.body, outcome.status_code, outcome.headers
@@ -263,65 +272,56 @@ def deliver(
         return Outcome("duplicate", 200, {"status": "duplicate", "state": claim.state, **ids})
     if claim.kind == "in_progress":
         notify(webhook_in_progress, app, event=event)
-        return Outcome(
-            "in_progress",
-            409,
-            {
-                "error": "in_progress",
-                "message": "This delivery is being processed by another worker; retry later.",
-                **ids,
-            },
-            {"Retry-After": str(get_state(app).settings.retry_after)},
-        )
+        return _in_progress(app, ids)
 
-    def progress(succeeded: list[str]) -> None:
-        if not store.record_progress(
+    def progress(succeeded: list[str]) -> bool:
+        return store.record_progress(
             event.delivery_id, [*claim.succeeded, *succeeded], attempt=claim.attempts
-        ):
-            _lease_lost(event)
-
-    def finish(state: States, error: str | None = None) -> None:
-        if not store.finish(event.delivery_id, state, succeeded, error, attempt=claim.attempts):
-            _lease_lost(event)
+        )
 
     result = dispatch(app, event, skip=claim.succeeded, on_success=progress)
     succeeded = [*claim.succeeded, *result.succeeded]
-    if not result.failures:
-        state: States = (
-            "processed"
-            if (result.ran or result.skipped or canonical_name(event.name) is not None)
-            else "ignored"
-        )
-        finish(state)
+    failures = result.failures
+    error: str | None = None
+    state: States
+    if not failures:
+        known = result.ran or result.skipped or canonical_name(event.name) is not None
+        state = "processed" if known else "ignored"
+    else:
+        state = "failed"
+        if all(isinstance(f.exception, PermanentFailure) for f in failures):
+            state = "dead_letter"
+        last = failures[-1]
+        error = f"{last.handler}: {type(last.exception).__name__}: {_message(last.exception)}"
+        for f in failures:
+            logger.error(
+                "webhook handler failed handler=%s exception=%s delivery_id=%s",
+                loggable(f.handler),
+                type(f.exception).__name__,
+                loggable(event.delivery_id),
+            )
+    if result.stopped or not store.finish(
+        event.delivery_id, state, succeeded, error, attempt=claim.attempts
+    ):
+        # This worker outlived its lease: the one that took over owns the outcome.
+        _lease_lost(event)
+        return _in_progress(app, ids)
+
+    if not failures:
         notify(webhook_processed, app, event=event, outcome=state)
         return Outcome(state, 200, {"status": state, **ids}, result=result)
-
-    failure = result.failures[-1]
-    error = f"{failure.handler}: {type(failure.exception).__name__}: {str(failure.exception)[:500]}"
-    notify(webhook_failed, app, event=event, failures=result.failures)
-    for f in result.failures:
-        logger.error(
-            "webhook handler failed handler=%s exception=%s delivery_id=%s",
-            f.handler,
-            type(f.exception).__name__,
-            event.delivery_id,
-        )
-    if all(isinstance(f.exception, PermanentFailure) for f in result.failures):
-        finish("dead_letter", error)
+    notify(webhook_failed, app, event=event, failures=failures)
+    if state == "dead_letter":
         return Outcome("dead_letter", 200, {"status": "dead_letter", **ids}, result=result)
-    finish("failed", error)
-    retry = [f.exception for f in result.failures if isinstance(f.exception, RetryLater)]
-    if len(retry) == len(result.failures):
-        settings = get_state(app).settings
-        seconds = max(
-            (r.retry_after for r in retry if r.retry_after is not None),
-            default=settings.retry_after,
-        )
+    retry = [f.exception for f in failures if isinstance(f.exception, RetryLater)]
+    if len(retry) == len(failures):
+        default = get_state(app).settings.retry_after
+        seconds = max(_retry_after(r.retry_after, default) for r in retry)
         return Outcome(
             "retry_later",
             503,
             {"error": "retry_later", "message": "A handler asked to retry later.", **ids},
-            {"Retry-After": str(int(seconds))},
+            {"Retry-After": str(seconds)},
             result,
         )
     return Outcome(
@@ -329,10 +329,42 @@ def deliver(
         500,
         {
             "error": "handler_failed",
-            "message": f"{len(result.failures)} handler(s) failed; the delivery can be replayed.",
+            "message": f"{len(failures)} handler(s) failed; the delivery can be replayed.",
             **ids,
         },
         result=result,
+    )
+
+
+#: The longest Retry-After we send, whatever a handler asks for.
+MAX_RETRY_AFTER = 86400
+
+
+def _retry_after(asked: Any, default: int) -> int:
+    """A handler's ``retry_after`` as whole seconds in [0, a day]; the default if unusable."""
+    if isinstance(asked, bool) or not isinstance(asked, (int, float)) or not math.isfinite(asked):
+        return default
+    return int(min(max(asked, 0), MAX_RETRY_AFTER))
+
+
+def _message(exc: BaseException) -> str:
+    """An exception's message for ``last_error``, bounded; never raises."""
+    try:
+        return str(exc)[:500]
+    except Exception:  # a broken __str__ must not strand the delivery in 'processing'
+        return "(the exception's message could not be read)"
+
+
+def _in_progress(app: Flask, ids: dict[str, str]) -> Outcome:
+    return Outcome(
+        "in_progress",
+        409,
+        {
+            "error": "in_progress",
+            "message": "This delivery is being processed by another worker; retry later.",
+            **ids,
+        },
+        {"Retry-After": str(get_state(app).settings.retry_after)},
     )
 
 
@@ -344,12 +376,12 @@ def _lease_lost(event: Event) -> None:
     logger.warning(
         "webhook lease lost delivery_id=%s event=%s: handlers ran longer than "
         "DEVHEALTH_WEBHOOKS_LEASE_SECONDS and another worker took the delivery over",
-        _safe(event.delivery_id),
-        _safe(event.name),
+        loggable(event.delivery_id),
+        loggable(event.name),
     )
 
 
-def _storage_unavailable(exc: SQLAlchemyError) -> Outcome:
+def _storage_unavailable(exc: Exception) -> Outcome:
     """The delivery log cannot be written: refuse, so the sender retries and nothing is lost."""
     logger.error("webhook delivery log unavailable exception=%s", type(exc).__name__)
     return Outcome(
@@ -379,12 +411,6 @@ def _reject(
     return body, exc.status_code, {}
 
 
-def _safe(value: Any) -> str:
-    """A log-safe rendering of an identifier: printable, bounded."""
-    text = "-" if value is None else str(value)
-    return "".join(ch if ch.isprintable() and ch != " " else "?" for ch in text[:80])
-
-
 def _log_outcome(outcome: Outcome, event: Event, slot: int, started: float) -> None:
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -392,10 +418,10 @@ def _log_outcome(outcome: Outcome, event: Event, slot: int, started: float) -> N
         "webhook %s event=%s delivery_id=%s object_id=%s status=%s http=%d secret_slot=%d "
         "duration_ms=%.1f",
         outcome.outcome,
-        _safe(event.name),
-        _safe(event.delivery_id),
-        _safe(event.data.get("id")),
-        _safe(event.status),
+        loggable(event.name),
+        loggable(event.delivery_id),
+        loggable(event.data.get("id")),
+        loggable(event.status),
         outcome.status_code,
         slot,
         (time.perf_counter() - started) * 1000,

@@ -19,7 +19,7 @@ import click
 from flask import current_app, url_for
 
 from .blueprint import blueprint, deliver, get_state, load_event, parse_json
-from .events import CATALOGUE, canonical_name
+from .events import CATALOGUE, canonical_name, loggable
 from .exceptions import DeliveryNotFound, NotReplayable, WebhookError
 from .signals import notify, webhook_replayed
 from .store import Delivery, utcnow
@@ -96,7 +96,13 @@ def _split_assignment(text: str) -> tuple[str, Any]:
 @click.option(
     "--set", "assignments", multiple=True, metavar="PATH=VALUE", help="e.g. data.status=failed"
 )
-@click.option("--retries", default=0, show_default=True, help="Retries on non-2xx answers.")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Retries on non-2xx answers.",
+)
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds per attempt.")
 def send_command(
     source: str,
@@ -108,7 +114,10 @@ def send_command(
 ) -> None:
     """Sign and POST a sample event (NAME) or a JSON file (FILE) over HTTP; print the answer."""
     if canonical_name(source) is not None:
-        payload = sample_payload(source, legacy=legacy)
+        try:
+            payload = sample_payload(source, legacy=legacy)
+        except ValueError as exc:  # --legacy for an event that never had a title-only form
+            raise click.BadParameter(str(exc), param_hint="--legacy") from None
     elif Path(source).is_file():
         try:
             payload = json.loads(Path(source).read_text(encoding="utf-8"))
@@ -180,7 +189,7 @@ def _fmt_time(value: datetime | None) -> str:
 )
 @click.option("--event", "event_name", help="Canonical event name or alias.")
 @click.option("--since", type=Duration(), help="Only deliveries first received within, e.g. 2d.")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def log_command(
     state: str | None,
@@ -206,10 +215,10 @@ def log_command(
     table = [header] + [
         (
             _fmt_time(r.first_received_at),
-            r.delivery_id,
-            r.event_name,
-            r.object_id or "-",
-            r.status or "-",
+            loggable(r.delivery_id),
+            loggable(r.event_name),
+            loggable(r.object_id),
+            loggable(r.status),
             r.state,
             str(r.attempts),
         )
@@ -235,7 +244,9 @@ def show_command(delivery_id: str, with_payload: bool) -> None:
         row = store.get(delivery_id)
         click.echo(json.dumps(row.as_dict(), indent=2))
         if with_payload:
-            logger.info("webhook payload shown delivery_id=%s by=%s", delivery_id, _operator())
+            logger.info(
+                "webhook payload shown delivery_id=%s by=%s", loggable(delivery_id), _operator()
+            )
             click.echo(json.dumps(json.loads(store.payload(delivery_id)), indent=2))
     except WebhookError as exc:
         raise click.ClickException(str(exc)) from None
@@ -252,6 +263,8 @@ def replay_command(
     """Run stored deliveries through their handlers again, skipping those that succeeded."""
     if bool(delivery_ids) == failed:
         raise click.UsageError("Give delivery ids, or --failed, but not both.")
+    if since is not None and not failed:
+        raise click.UsageError("--since selects failed deliveries: use it with --failed.")
     store = get_state().store
     ids = list(delivery_ids)
     if failed:
@@ -270,8 +283,8 @@ def replay_command(
             results[delivery_id] = replay_delivery(delivery_id, force=force)
     for delivery_id, outcome in results.items():
         hint = "  (already finished; --force reruns it)" if outcome == "duplicate" else ""
-        click.echo(f"{delivery_id}  {outcome}{hint}")
-    fine = ("processed", "ignored", "dead_letter", "duplicate")
+        click.echo(f"{loggable(delivery_id)}  {outcome}{hint}")
+    fine = ("processed", "ignored", "duplicate")  # dead_letter: a handler gave up again
     bad = [d for d, o in results.items() if o not in fine]
     click.echo(f"{len(results) - len(bad)} replayed, {len(bad)} not processed.")
     if bad:
@@ -294,7 +307,7 @@ def replay_delivery(delivery_id: str, *, force: bool = False) -> str:
         notify(webhook_replayed, app, event=event, outcome=outcome)
     logger.info(
         "webhook replay delivery_id=%s outcome=%s force=%s by=%s at=%s",
-        delivery_id,
+        loggable(delivery_id),
         outcome,
         force,
         _operator(),

@@ -22,6 +22,7 @@ logger = logging.getLogger("flask_devhealth_webhooks")
 PREFIX = "DEVHEALTH_WEBHOOKS_"
 ALLOWED_ALGORITHMS = ("HS256", "HS384", "HS512")
 MIN_SECRET_BYTES = 32
+DAY = 86400
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an RFC 9110 token
 
 #: Every key with its default; applied with ``app.config.setdefault`` at registration.
@@ -130,16 +131,18 @@ def _algorithms(value: Any) -> tuple[str, ...]:
     return algorithms
 
 
-def _number(name: str, value: Any, *, optional: bool = False, minimum: float = 0) -> Any:
+def _number(
+    name: str, value: Any, *, maximum: float, optional: bool = False, minimum: float = 0
+) -> Any:
     if value is None and optional:
         return None
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
         or not math.isfinite(value)
-        or value < minimum
+        or not minimum <= value <= maximum
     ):
-        raise ConfigurationError(f"{_key(name)} must be a finite number of at least {minimum}.")
+        raise ConfigurationError(f"{_key(name)} must be a number from {minimum:g} to {maximum:g}.")
     return value
 
 
@@ -197,19 +200,23 @@ def load_settings(app: Flask) -> Settings:
     return Settings(
         secrets=_secrets(c["SECRET"]),
         algorithms=_algorithms(c["ALGORITHMS"]),
-        leeway=float(_number("LEEWAY", c["LEEWAY"])),
-        max_age=_number("MAX_AGE", c["MAX_AGE"], optional=True),
+        leeway=float(_number("LEEWAY", c["LEEWAY"], maximum=DAY)),
+        max_age=_number("MAX_AGE", c["MAX_AGE"], optional=True, maximum=365 * DAY),
         required_claims=_string_list("REQUIRED_CLAIMS", c["REQUIRED_CLAIMS"]),
         audience=_optional_string("AUDIENCE", c["AUDIENCE"]),
         issuer=_optional_string("ISSUER", c["ISSUER"]),
         header=header.strip(),
-        max_body=int(_number("MAX_BODY", c["MAX_BODY"], minimum=1)),
+        max_body=int(_number("MAX_BODY", c["MAX_BODY"], minimum=1, maximum=2**30)),
         body_hash_claim=_optional_string("BODY_HASH_CLAIM", c["BODY_HASH_CLAIM"]),
         database_url=_database_url(c["DATABASE_URL"]),
         engine=engine,
-        lease_seconds=float(_number("LEASE_SECONDS", c["LEASE_SECONDS"], minimum=1)),
-        retry_after=int(_number("RETRY_AFTER", c["RETRY_AFTER"], minimum=0)),
+        lease_seconds=float(
+            _number("LEASE_SECONDS", c["LEASE_SECONDS"], minimum=1, maximum=7 * DAY)
+        ),
+        retry_after=int(_number("RETRY_AFTER", c["RETRY_AFTER"], maximum=DAY)),
         store_payloads=c["STORE_PAYLOADS"],
         encryption_keys=encryption_keys,
-        retention_days=None if retention is None else int(_number("RETENTION_DAYS", retention)),
+        retention_days=None
+        if retention is None
+        else int(_number("RETENTION_DAYS", retention, maximum=36500)),
     )

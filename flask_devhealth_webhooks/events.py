@@ -102,6 +102,15 @@ def resolve_name(event_type: Any, title: Any) -> str:
     return "unknown"
 
 
+def loggable(value: Any) -> str:
+    """An identifier made safe for a log line or a terminal: printable, no spaces, bounded.
+
+    Ids come from the sender; a newline in one must not forge a log line.
+    """
+    text = "-" if value is None else str(value)
+    return "".join(ch if ch.isprintable() and ch != " " else "?" for ch in text[:255])
+
+
 def canonical_json(body: Any) -> bytes:
     """The canonical encoding every instance and version hashes for the delivery id."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

@@ -147,6 +147,7 @@ class DispatchResult:
 
     ran: int = 0
     skipped: int = 0
+    stopped: bool = False
     succeeded: list[str] = field(default_factory=list)
     failures: list[HandlerFailure] = field(default_factory=list)
 
@@ -156,14 +157,15 @@ def dispatch(
     event: Event,
     *,
     skip: Collection[str] = (),
-    on_success: Callable[[list[str]], None] | None = None,
+    on_success: Callable[[list[str]], bool] | None = None,
 ) -> DispatchResult:
     """Call every handler of ``event`` (and of the events it derives), one by one.
 
     A handler that raises does not stop the others; failures are collected and returned.
     Handlers whose key is in ``skip`` (already succeeded for this delivery) are not called.
     ``on_success`` receives the growing list of succeeded keys after each success but the
-    last, so a crash mid-delivery loses no bookkeeping.
+    last, so a crash mid-delivery loses no bookkeeping; when it returns False (the delivery
+    was taken over by another worker) no further handler is called and ``stopped`` is set.
     """
     calls: list[tuple[str, Callable[..., Any], Event]] = []
     for ev in (event, *event.derived()):
@@ -195,6 +197,7 @@ def dispatch(
             result.failures.append(HandlerFailure(key, exc))
             continue
         result.succeeded.append(key)
-        if on_success is not None and index != last:
-            on_success(list(result.succeeded))
+        if on_success is not None and index != last and not on_success(list(result.succeeded)):
+            result.stopped = True
+            break
     return result

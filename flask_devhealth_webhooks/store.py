@@ -389,14 +389,19 @@ class DeliveryStore:
             "payload": payload,
             "payload_encrypted": encrypted,
         }
-        if self._direct:
-            if self._write_direct(self._direct["claim"], values) == 1:
+        for _ in range(3):
+            if self._direct:
+                inserted = self._write_direct(self._direct["claim"], values) == 1
+            else:
+                with self._begin() as conn:
+                    inserted = self._insert_ignoring_conflict(conn, values)
+            if inserted:
                 return Claim("new")
-            return self._take_over(event.delivery_id, now)
-        with self._begin() as conn:
-            if self._insert_ignoring_conflict(conn, values):
-                return Claim("new")
-        return self._take_over(event.delivery_id, now)
+            try:
+                return self._take_over(event.delivery_id, now)
+            except DeliveryNotFound:
+                continue  # purged between our insert and our look: insert again
+        raise DeliveryNotFound(f"Delivery {event.delivery_id!r} vanished while being claimed.")
 
     def _take_over(
         self, delivery_id: str, now: datetime, *, replay: bool = False, force: bool = False

@@ -803,3 +803,55 @@ def test_events_columns_are_aligned(app: Flask) -> None:
     objects = {row[column:].split()[0] for row in rows}
     assert objects == {"benefit_verification", "prior_authorization", "provider_outreach"}
     assert all(row[column - 2 : column] == "  " for row in rows), rows
+
+
+def test_replaying_a_dead_letter_that_gives_up_again_exits_1(
+    durable: Callable[..., Flask],
+) -> None:
+    app = durable()
+
+    @on(BV)
+    def payer(event: Event) -> None:
+        raise PermanentFailure("payer not in the contract list")
+
+    payload = sample_payload(BV)
+    assert send_webhook(app.test_client(), payload).json["status"] == "dead_letter"
+    result = invoke(app, "replay", payload["event_id"])
+    assert result.exit_code == 1
+    assert f"{payload['event_id']}  dead_letter" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("send", "prior_authorization.message", "--legacy", "--url", "http://127.0.0.1:9/x"),
+        ("send", BV, "--retries", "-1", "--url", "http://127.0.0.1:9/x"),
+        ("replay", "wh_evt_x", "--since", "1d"),
+        ("log", "--limit", "0"),
+    ],
+)
+def test_meaningless_options_are_usage_errors(app: Flask, args: tuple[str, ...]) -> None:
+    result = invoke(app, *args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_ids_with_control_characters_are_printed_and_logged_defanged(
+    durable: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    app = durable()
+
+    @on(BV)
+    def broken(event: Event) -> None:
+        raise RuntimeError("down")
+
+    payload = sample_payload(BV)
+    payload["event_id"] = "inj\nwebhook processed event=FAKE"
+    caplog.set_level(logging.INFO, logger="flask_devhealth_webhooks")
+    assert send_webhook(app.test_client(), payload).status_code == 500
+    listed = invoke(app, "log")
+    replayed = invoke(app, "replay", "--failed")
+    assert "inj?webhook?processed?event=FAKE" in listed.output
+    for text in (listed.output, replayed.output, caplog.text):
+        assert "\nwebhook processed event=FAKE" not in text

@@ -227,6 +227,11 @@ def test_defaults_are_applied(make_app: Callable[..., Flask]) -> None:
         ("HEADER", "X Bad: Header"),
         ("DATABASE_URL", "not a url"),
         ("ENGINE", "sqlite://"),
+        ("LEASE_SECONDS", 1e12),
+        ("LEASE_SECONDS", 1e300),
+        ("RETENTION_DAYS", 1e7),
+        ("RETRY_AFTER", 1e300),
+        ("MAX_BODY", 2**40),
     ],
 )
 def test_other_bad_values_are_configuration_errors(

@@ -602,10 +602,104 @@ def test_a_worker_that_outlived_its_lease_does_not_overwrite_the_new_owner(
     caplog.set_level(logging.WARNING, logger="flask_devhealth_webhooks")
     response = send_webhook(app.test_client(), payload)
 
-    assert response.status_code == 200
+    # The worker that took over owns the outcome: this one answers like a live lease.
+    assert response.status_code == 409
+    assert response.json["error"] == "in_progress"
     assert takeovers == ["takeover"]
     delivery = row(app, payload["event_id"])
     assert delivery.state == "processing"  # the new owner's claim, untouched
     assert delivery.attempts == 2
     assert delivery.processed_at is None
     assert "webhook lease lost" in caplog.text
+
+
+def test_a_worker_that_lost_its_lease_stops_calling_handlers(
+    durable: Callable[..., Flask], clock: Clock
+) -> None:
+    app = durable()
+    payload = sample_payload(BV)
+    store = get_state(app).store
+    calls: list[str] = []
+
+    @on(BV)
+    def slow(event: Event) -> None:
+        calls.append("slow")
+        clock.advance(LEASE.total_seconds() + 1)  # ran past its lease ...
+        assert store.claim(event, encode_body(payload)).kind == "takeover"  # ... and lost it
+
+    @on(BV)
+    def after(event: Event) -> None:
+        calls.append("after")
+
+    response = send_webhook(app.test_client(), payload)
+
+    assert response.status_code == 409
+    assert calls == ["slow"]  # 'after' is left to the worker that took over
+    assert row(app, payload["event_id"]).attempts == 2
+
+
+def test_a_delivery_purged_while_being_claimed_is_claimed_anew(
+    durable: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = durable()
+    calls: list[str] = []
+    on(BV)(lambda event: calls.append(event.delivery_id))
+    payload = sample_payload(BV)
+    client = app.test_client()
+    assert send_webhook(client, payload).json["status"] == "processed"
+
+    store = get_state(app).store
+    real_take_over = store._take_over
+
+    def purge_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(store, "_take_over", real_take_over)
+        store.purge(timedelta(seconds=-60))  # 'flask devhealth purge' ran just now
+        return real_take_over(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_take_over", purge_first)
+    response = send_webhook(client, payload)
+
+    assert response.status_code == 200
+    assert response.json["status"] == "processed"
+    assert calls == [payload["event_id"], payload["event_id"]]
+
+
+@pytest.mark.parametrize(
+    ("asked", "sent"),
+    [(float("inf"), "60"), (float("nan"), "60"), (-5, "0"), (1e30, "86400"), (7.9, "7")],
+)
+def test_retry_after_from_a_handler_is_bounded(
+    durable: Callable[..., Flask], asked: float, sent: str
+) -> None:
+    app = durable()
+
+    @on(BV)
+    def busy(event: Event) -> None:
+        raise RetryLater(retry_after=asked)  # type: ignore[arg-type]
+
+    response = send_webhook(app.test_client(), sample_payload(BV))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == sent
+
+
+def test_an_exception_whose_message_cannot_be_read_still_fails_cleanly(
+    durable: Callable[..., Flask],
+) -> None:
+    app = durable()
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    @on(BV)
+    def broken(event: Event) -> None:
+        raise Unprintable
+
+    payload = sample_payload(BV)
+    response = send_webhook(app.test_client(), payload)
+    assert response.status_code == 500
+    assert response.json["error"] == "handler_failed"
+    delivery = row(app, payload["event_id"])
+    assert delivery.state == "failed"
+    assert delivery.last_error is not None
+    assert delivery.last_error.endswith("Unprintable: (the exception's message could not be read)")
