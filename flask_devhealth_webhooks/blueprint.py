@@ -50,7 +50,7 @@ from .signals import (
     webhook_rejected,
 )
 from .store import DeliveryStore, States
-from .verify import verify
+from .verify import Verifier
 
 EXTENSION_KEY = "devhealth_webhooks"
 logger = logging.getLogger("flask_devhealth_webhooks")
@@ -66,6 +66,7 @@ class State:
 
     settings: Settings
     store: DeliveryStore
+    verifier: Verifier
 
 
 @blueprint.record_once
@@ -73,7 +74,10 @@ def _init_app(setup: BlueprintSetupState) -> None:
     """Read and validate config once per app, and open (lazily) its delivery log."""
     app = cast(Flask, setup.app)
     settings = load_settings(app)
-    app.extensions[EXTENSION_KEY] = State(settings, DeliveryStore.from_settings(settings, app))
+    verifier = Verifier(settings)  # a secret PyJWT refuses fails here, not per request
+    app.extensions[EXTENSION_KEY] = State(
+        settings, DeliveryStore.from_settings(settings, app), verifier
+    )
 
 
 def get_state(app: Flask | None = None) -> State:
@@ -98,7 +102,7 @@ def receive() -> tuple[dict[str, Any], int, dict[str, str]]:
     settings = state.settings
     try:
         raw = read_body(settings.max_body)
-        claims, slot = verify(request.headers.get(settings.header), raw, settings)
+        claims, slot = state.verifier.verify(request.headers.get(settings.header), raw)
         body = parse_json(raw)
         event = load_event(body, claims)
     except WebhookRejected as exc:

@@ -9,20 +9,37 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from jwt.algorithms import HMACAlgorithm
 
-from .config import Settings
-from .exceptions import TokenError
+from .exceptions import ConfigurationError, TokenError
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+
+class _Secret(bytes):
+    """A configured secret that already passed PyJWT's HMAC key checks, once, at setup."""
 
 
 class _HMAC(HMACAlgorithm):
-    """HMAC without PyJWT's per-call short-key warning; registration warns once instead."""
+    """PyJWT's HMAC, minus the per-call work a configured secret does not need.
+
+    No short-key warning on every call (registration warns once instead), and no key checks
+    for a ``_Secret``: PyJWT parses every key as PEM, SSH, DER, X.509 and JSON on each decode
+    to refuse asymmetric keys, which costs more than the HMAC itself. ``Verifier`` runs those
+    checks once per secret.
+    """
 
     def check_key_length(self, key: Any) -> str | None:
         return None
+
+    def prepare_key(self, key: Any) -> bytes:
+        if type(key) is _Secret:
+            return key
+        return super().prepare_key(key)
 
 
 _HASHES = {
@@ -34,6 +51,78 @@ _jws = jwt.PyJWS(algorithms=[])
 for _name, _hash in _HASHES.items():
     _jws.register_algorithm(_name, _HMAC(_hash))
 _claims_reader = jwt.PyJWT()
+#: Signature and claims in one parse, with the HMAC above. PyJWT has no public way to hand a
+#: PyJWT its PyJWS; it sets ``_jws`` the same way for its own module-level instance.
+_one_pass = jwt.PyJWT()
+_one_pass._jws = _jws
+
+
+def prepare_secret(secret: bytes) -> bytes:
+    """Run PyJWT's HMAC key checks on ``secret`` once; raise ConfigurationError if it fails."""
+    try:
+        HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
+    except jwt.InvalidKeyError as exc:
+        raise ConfigurationError(
+            f"DEVHEALTH_WEBHOOKS_SECRET cannot be used as an HMAC secret: {exc}"
+        ) from None
+    return _Secret(secret)
+
+
+class Verifier:
+    """Everything verification derives from the settings, built once per app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.secrets = tuple(prepare_secret(secret) for secret in settings.secrets)
+        self.algorithms = list(settings.algorithms)
+        self.options: Any = {**_claim_options(settings), "verify_signature": True}
+
+    def verify(self, header_value: str | None, body: bytes) -> tuple[dict[str, Any], int]:
+        """The verified claims and the index of the secret that verified them.
+
+        Raises ``TokenError`` whose ``code`` names the reason.
+        """
+        settings = self.settings
+        token = extract_token(header_value)
+        verified = self._verify_in_one_pass(token)
+        if verified is not None:
+            claims, slot = verified
+        else:
+            slot = _check_signature(token, self.secrets, self.algorithms)
+            claims = _check_claims(token, settings)
+        if settings.body_hash_claim is not None:
+            expected = body_digest(body)
+            sent = claims[settings.body_hash_claim]
+            if not isinstance(sent, str) or not hmac.compare_digest(sent.lower(), expected):
+                raise TokenError("The token's body-hash claim does not match the body received.")
+        return claims, slot
+
+    def _verify_in_one_pass(self, token: str) -> tuple[dict[str, Any], int] | None:
+        """Signature and claims in one parse of the token (parsing is most of the cost).
+
+        ``None`` sends the token down the step-by-step path, which names the exact reason a
+        token is refused and checks ``MAX_AGE``; accepted tokens never need it.
+        """
+        settings = self.settings
+        if settings.max_age is not None:
+            return None
+        for slot, secret in enumerate(self.secrets):
+            try:
+                claims: dict[str, Any] = _one_pass.decode(
+                    token,
+                    secret,
+                    algorithms=self.algorithms,
+                    options=self.options,
+                    audience=settings.audience,
+                    issuer=settings.issuer,
+                    leeway=settings.leeway,
+                )
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.InvalidTokenError:
+                return None
+            return claims, slot
+        return None
 
 
 def extract_token(value: str | None) -> str:
@@ -55,71 +144,20 @@ def body_digest(body: bytes) -> str:
 def verify_token(header_value: str | None, body: bytes, settings: Settings) -> dict[str, Any]:
     """Check the token's signature against every configured secret, then its claims.
 
-    Returns the verified claims; raises ``TokenError`` whose ``code`` names the reason.
+    Returns the verified claims; raises ``TokenError`` whose ``code`` names the reason. The
+    view uses the app's ``Verifier``, built once; this builds one per call.
     """
-    return verify(header_value, body, settings)[0]
+    return Verifier(settings).verify(header_value, body)[0]
 
 
 def verify(header_value: str | None, body: bytes, settings: Settings) -> tuple[dict[str, Any], int]:
     """Like ``verify_token``, also returning the index of the secret that verified it."""
-    token = extract_token(header_value)
-    verified = _verify_in_one_pass(token, settings)
-    if verified is not None:
-        claims, slot = verified
-    else:
-        slot = _check_signature(token, settings)
-        claims = _check_claims(token, settings)
-    if settings.body_hash_claim is not None:
-        expected = body_digest(body)
-        sent = claims[settings.body_hash_claim]
-        if not isinstance(sent, str) or not hmac.compare_digest(sent.lower(), expected):
-            raise TokenError("The token's body-hash claim does not match the body received.")
-    return claims, slot
+    return Verifier(settings).verify(header_value, body)
 
 
-#: Key lengths under which PyJWT (2.10 and later) warns on every decode with its own HMAC.
-_MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
-_one_pass = jwt.PyJWT()
-
-
-def _verify_in_one_pass(token: str, settings: Settings) -> tuple[dict[str, Any], int] | None:
-    """Signature and claims in one parse of the token (parsing is most of the cost).
-
-    Used when every secret is long enough for PyJWT not to warn and no max age is set; the same
-    allow-list and claim options apply. ``None`` sends the token down the step-by-step path,
-    which also names the exact reason a token is refused.
-    """
-    if settings.max_age is not None or any(
-        len(secret) < _MIN_KEY_BYTES[algorithm]
-        for secret in settings.secrets
-        for algorithm in settings.algorithms
-    ):
-        return None
-    options: Any = {**_claim_options(settings), "verify_signature": True}
-    algorithms = list(settings.algorithms)
-    for slot, secret in enumerate(settings.secrets):
-        try:
-            claims: dict[str, Any] = _one_pass.decode(
-                token,
-                secret,
-                algorithms=algorithms,
-                options=options,
-                audience=settings.audience,
-                issuer=settings.issuer,
-                leeway=settings.leeway,
-            )
-        except jwt.InvalidSignatureError:
-            continue
-        except jwt.InvalidTokenError:
-            return None
-        return claims, slot
-    return None
-
-
-def _check_signature(token: str, settings: Settings) -> int:
+def _check_signature(token: str, secrets: tuple[bytes, ...], algorithms: list[str]) -> int:
     """Return the slot of the secret that verifies the signature (for rotation logs)."""
-    algorithms = list(settings.algorithms)
-    for slot, secret in enumerate(settings.secrets):
+    for slot, secret in enumerate(secrets):
         try:
             _jws.decode_complete(token, secret, algorithms=algorithms)
         except jwt.InvalidSignatureError:

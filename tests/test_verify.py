@@ -394,3 +394,51 @@ def test_verify_token_is_usable_without_a_request(app: Flask) -> None:
         verify_token(sign(claims, "nope-0123456789abcdefghijklmnopqrstuvwxyz"), b"{}", settings)
     assert info.value.code == "invalid_signature"
     assert SECRET not in str(info.value)
+
+
+# -- keys are checked once, at registration -------------------------------------------------
+
+
+def test_pyjwt_key_checks_run_once_per_secret_not_per_request(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jwt.algorithms import HMACAlgorithm
+
+    checked: list[bytes] = []
+    original = HMACAlgorithm.prepare_key
+
+    def counting(self: HMACAlgorithm, key: Any) -> bytes:
+        checked.append(bytes(key) if isinstance(key, bytes) else key.encode())
+        return original(self, key)
+
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", counting)
+    old = "old-0123456789abcdefghijklmnopqrstuvwxyz"
+    app = make_app(SECRET=[SECRET, old])
+    assert checked == [SECRET.encode(), old.encode()]  # each secret, once, at registration
+    client = app.test_client()
+    for key in (SECRET, old, SECRET):
+        assert error(post(client, sign(fresh(), key))) is None
+    assert error(post(client, sign(fresh(), "nope-0123456789abcdefghijklmnopqrstuvwxyz"))) == (
+        "invalid_signature"
+    )
+    assert len(checked) == 2  # no request ran PyJWT's key checks again
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n"
+        "-----END PUBLIC KEY-----",
+        "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 user@host",
+        '{"kty": "oct", "k": "c2VjcmV0LTAxMjM0NTY3ODlhYmNkZWZnaGlqa2xtbm9w"}',
+    ],
+    ids=["pem", "ssh", "jwk"],
+)
+def test_a_key_pyjwt_refuses_as_hmac_secret_fails_at_registration(
+    make_app: Callable[..., Flask], secret: str
+) -> None:
+    from flask_devhealth_webhooks import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="cannot be used as an HMAC secret") as info:
+        make_app(SECRET=secret)
+    assert secret not in str(info.value)
