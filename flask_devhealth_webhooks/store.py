@@ -11,7 +11,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Literal
@@ -92,11 +92,12 @@ class _DirectStatement:
     """A Core statement compiled once for SQLite, then run on the pooled DBAPI connection.
 
     On SQLite, SQLAlchemy's per-execution work (Connection and Transaction objects, the
-    compiled-cache lookup, the execution context) costs more than the insert itself, so the two
-    writes every delivery makes (claim and finish) skip it. The SQL, the parameter order and
-    the type conversions still come from the Core table and the engine's dialect; each write
-    is committed on its own, and DBAPI errors are raised as SQLAlchemy's (parameters hidden).
-    Engine event hooks such as ``before_cursor_execute`` do not see these two statements.
+    compiled-cache lookup, the execution context) costs more than the insert itself, so the
+    writes every delivery makes (claim, progress and finish) skip it. The SQL, the parameter
+    order and the type conversions still come from the Core table and the engine's dialect;
+    each write is committed on its own, and DBAPI errors are raised as SQLAlchemy's
+    (parameters hidden).
+    Engine event hooks such as ``before_cursor_execute`` do not see these statements.
     """
 
     def __init__(self, stmt: Any, dialect: Any, keys: Sequence[str]) -> None:
@@ -110,6 +111,22 @@ class _DirectStatement:
             (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
             for name in order
         )
+
+
+class _ThreadConnection(threading.local):
+    """One thread's detached SQLite connection (see ``DeliveryStore._thread_connection``)."""
+
+    fairy: Any = None
+    dbapi: Any = None
+    pid = 0
+    generation = -1
+
+    def drop(self) -> None:
+        """Close the connection if this process opened it; forget it either way."""
+        if self.fairy is not None and self.pid == os.getpid():
+            with suppress(Exception):  # closing a broken connection must not mask its error
+                self.fairy.close()
+        self.fairy = self.dbapi = None
 
 
 def utcnow() -> datetime:
@@ -258,7 +275,12 @@ class DeliveryStore:
         memory = self._dialect == "sqlite" and engine.url.database in (None, "", ":memory:")
         self._lock: threading.RLock | None = threading.RLock() if memory else None
         self._direct: dict[str, _DirectStatement] = {}
+        self._own: _ThreadConnection | None = None
+        self._generation = 0
         if self._dialect == "sqlite":
+            if not memory:
+                self._own = _ThreadConnection()
+                sa.event.listen(engine, "engine_disposed", self._disposed)
             dialect = engine.dialect
             self._direct = {
                 "claim": _DirectStatement(_CLAIM_INSERT["sqlite"], dialect, _CLAIM_KEYS),
@@ -266,6 +288,7 @@ class DeliveryStore:
                 "finish_done": _DirectStatement(
                     _UPDATE_DELIVERY, dialect, (*_FINISH_KEYS, "processed_at")
                 ),
+                "progress": _DirectStatement(_UPDATE_DELIVERY, dialect, ("succeeded_handlers",)),
             }
 
     @classmethod
@@ -313,34 +336,68 @@ class DeliveryStore:
         self._ready = True
 
     def _write_direct(self, statement: _DirectStatement, params: dict[str, Any]) -> int:
-        """Run and commit one write on SQLite's DBAPI connection; return its rowcount."""
+        """Run and commit one write on a SQLite DBAPI connection; return its rowcount."""
         args = [
             params[n] if convert is None else convert(params[n]) for n, convert in statement.binds
         ]
         if not self._ready:
             self.create_table()
-        with self._lock or nullcontext():
-            dbapi_connection = self.engine.raw_connection()
-            try:
-                cursor = dbapi_connection.cursor()
+        if self._own is None:  # in memory: the one shared connection, one thread at a time
+            with self._lock or nullcontext():
+                fairy = self.engine.raw_connection()
                 try:
-                    cursor.execute(statement.sql, args)
-                    rowcount = int(cursor.rowcount)
+                    return self._execute_direct(fairy.dbapi_connection, statement, args)
                 finally:
-                    cursor.close()
-                dbapi_connection.commit()
-            except self.engine.dialect.loaded_dbapi.Error as exc:
-                raise sa.exc.DBAPIError.instance(
-                    statement.sql,
-                    None,
-                    exc,
-                    self.engine.dialect.loaded_dbapi.Error,
-                    hide_parameters=True,
-                    dialect=self.engine.dialect,
-                ) from exc
+                    fairy.close()  # back to the pool, which rolls back anything left
+        try:
+            return self._execute_direct(self._thread_connection(), statement, args)
+        except sa.exc.DBAPIError:
+            self._own.drop()  # the next write opens a fresh connection, as the pool would
+            raise
+
+    def _execute_direct(self, dbapi_connection: Any, statement: _DirectStatement, args: Any) -> int:
+        dbapi = self.engine.dialect.loaded_dbapi
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(statement.sql, args)
+                rowcount = int(cursor.rowcount)
             finally:
-                dbapi_connection.close()  # back to the pool, which rolls back anything left
+                cursor.close()
+            dbapi_connection.commit()
+        except dbapi.Error as exc:
+            with suppress(dbapi.Error):
+                dbapi_connection.rollback()
+            raise sa.exc.DBAPIError.instance(
+                statement.sql,
+                None,
+                exc,
+                dbapi.Error,
+                hide_parameters=True,
+                dialect=self.engine.dialect,
+            ) from exc
         return rowcount
+
+    def _thread_connection(self) -> Any:
+        """This thread's own connection to the SQLite file, opened through the engine once.
+
+        A pool checkout and check-in around each write cost about as much as the write;
+        SQLite connections are cheap to keep, so each thread keeps one, detached from the
+        pool (so it never counts against the pool's size). Replaced after a fork and after
+        ``engine.dispose()``.
+        """
+        own = self._own
+        assert own is not None
+        if own.dbapi is None or own.pid != os.getpid() or own.generation != self._generation:
+            own.drop()
+            fairy = self.engine.raw_connection()
+            fairy.detach()
+            own.fairy, own.dbapi = fairy, fairy.dbapi_connection
+            own.pid, own.generation = os.getpid(), self._generation
+        return own.dbapi
+
+    def _disposed(self, _engine: Engine) -> None:
+        self._generation += 1
 
     def _insert_ignoring_conflict(self, conn: Connection, values: dict[str, Any]) -> bool:
         stmt = _CLAIM_INSERT.get(self._dialect)
@@ -459,16 +516,15 @@ class DeliveryStore:
 
         ``attempt`` is the claim's attempt number; False when the claim was lost meanwhile.
         """
+        values = {
+            "match_delivery_id": delivery_id,
+            "match_attempts": attempt,
+            "succeeded_handlers": json.dumps(sorted(set(succeeded))),
+        }
+        if self._direct:
+            return self._write_direct(self._direct["progress"], values) == 1
         with self._begin() as conn:
-            result = conn.execute(
-                _UPDATE_DELIVERY,
-                {
-                    "match_delivery_id": delivery_id,
-                    "match_attempts": attempt,
-                    "succeeded_handlers": json.dumps(sorted(set(succeeded))),
-                },
-            )
-            return bool(result.rowcount == 1)
+            return bool(conn.execute(_UPDATE_DELIVERY, values).rowcount == 1)
 
     def finish(
         self,

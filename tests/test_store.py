@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -172,6 +175,130 @@ def test_an_unwritable_log_answers_503_so_the_sender_retries(tmp_path: Path) -> 
     assert response.json["error"] == "storage_unavailable"
     assert response.headers["Retry-After"].isdigit()
     assert calls == []
+
+
+# -- SQLite: one connection per thread ------------------------------------------------------
+
+
+def _sqlite_app(tmp_path: Path) -> tuple[Flask, dict[str, int]]:
+    """An app on a SQLite file, and counters of the engine's new connections and checkouts."""
+    app = build_app(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'log.sqlite3'}")
+    engine = get_state(app).store.engine
+    counts = {"connect": 0, "checkout": 0}
+    sa.event.listen(
+        engine, "connect", lambda *_: counts.__setitem__("connect", counts["connect"] + 1)
+    )
+    sa.event.listen(
+        engine.pool, "checkout", lambda *_: counts.__setitem__("checkout", counts["checkout"] + 1)
+    )
+    return app, counts
+
+
+def test_sqlite_writes_reuse_one_connection_per_thread(tmp_path: Path) -> None:
+    app, counts = _sqlite_app(tmp_path)
+    client = app.test_client()
+    on(BV)(lambda event: None)
+    on(BV)(lambda event: None)  # two handlers: a progress write between them
+    assert send_webhook(client, sample_payload(BV)).status_code == 200  # table created here
+    before = dict(counts)
+
+    answers = [send_webhook(client, sample_payload(BV)).status_code for _ in range(20)]
+
+    assert answers == [200] * 20
+    assert counts == before  # claim, progress and finish: no new connection, no pool checkout
+    store = get_state(app).store
+    assert store.count("processed") == 21
+    engine = store.engine
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(deliveries.c.succeeded_handlers)).scalars().all()
+        assert all(len(json.loads(r)) == 2 for r in rows)
+    finally:
+        engine.dispose()
+
+
+def test_each_thread_gets_its_own_sqlite_connection(tmp_path: Path) -> None:
+    app, counts = _sqlite_app(tmp_path)
+    send_webhook(app.test_client(), sample_payload(BV))
+    before = counts["connect"]
+    answers: list[int] = []
+
+    def deliver_some() -> None:
+        client = app.test_client()
+        answers.extend(send_webhook(client, sample_payload(BV)).status_code for _ in range(5))
+
+    threads = [threading.Thread(target=deliver_some) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert answers == [200] * 15
+    assert counts["connect"] - before == 3
+    assert get_state(app).store.count("processed") == 16
+    get_state(app).store.engine.dispose()
+
+
+def test_engine_dispose_makes_the_store_open_a_fresh_connection(tmp_path: Path) -> None:
+    app, counts = _sqlite_app(tmp_path)
+    client = app.test_client()
+    assert send_webhook(client, sample_payload(BV)).status_code == 200
+    engine = get_state(app).store.engine
+    engine.dispose()
+    before = counts["connect"]
+
+    assert send_webhook(client, sample_payload(BV)).status_code == 200
+
+    assert counts["connect"] == before + 1
+    engine.dispose()
+
+
+def test_a_broken_sqlite_connection_costs_one_503_then_is_replaced(tmp_path: Path) -> None:
+    app, _counts = _sqlite_app(tmp_path)
+    client = app.test_client()
+    calls: list[str] = []
+    on(BV)(lambda event: calls.append(event.delivery_id))
+    assert send_webhook(client, sample_payload(BV)).status_code == 200
+    store = get_state(app).store
+    store._own.dbapi.close()  # type: ignore[union-attr]  # broken behind the store's back
+    payload = sample_payload(BV)
+
+    first = send_webhook(client, payload)
+    resent = send_webhook(client, payload)
+
+    assert first.status_code == 503
+    assert first.json["error"] == "storage_unavailable"
+    assert resent.status_code == 200
+    assert resent.json["status"] == "processed"
+    assert calls[-1] == payload["event_id"]
+    assert len(calls) == 2
+    store.engine.dispose()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_a_forked_worker_opens_its_own_sqlite_connection(tmp_path: Path) -> None:
+    app, counts = _sqlite_app(tmp_path)
+    client = app.test_client()
+    assert send_webhook(client, sample_payload(BV)).status_code == 200
+    inherited = get_state(app).store._own.dbapi  # type: ignore[union-attr]
+    before = counts["connect"]
+
+    pid = os.fork()
+    if pid == 0:  # the child, as a gunicorn worker forked after the app was built
+        try:
+            ok = send_webhook(client, sample_payload(BV)).status_code == 200
+            ok = ok and counts["connect"] == before + 1
+            ok = ok and get_state(app).store._own.dbapi is not inherited  # type: ignore[union-attr]
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert send_webhook(client, sample_payload(BV)).status_code == 200  # ours still works
+    assert get_state(app).store._own.dbapi is inherited  # type: ignore[union-attr]
+    assert get_state(app).store.count("processed") == 3
+    get_state(app).store.engine.dispose()
 
 
 # -- payload policy ------------------------------------------------------------------------
