@@ -121,9 +121,12 @@ def receive() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 def read_body(limit: int) -> bytes:
     """The raw body, refusing more than ``limit`` bytes without reading them all."""
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise _too_large(limit)
-    raw = request.stream.read(limit + 1)
+    # The stream allocates a buffer of the size asked for: ask for the declared length when
+    # there is one (1 KB, not the 1 MB limit), and limit + 1 only for a chunked body.
+    raw = request.stream.read(limit + 1 if length is None else length)
     if len(raw) > limit:
         raise _too_large(limit)
     return raw
