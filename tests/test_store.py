@@ -7,7 +7,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,19 @@ import pytest
 import sqlalchemy as sa
 from conftest import SECRET, build_app
 from flask import Flask
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import flask_devhealth_webhooks
 from flask_devhealth_webhooks import blueprint, deliveries, get_state, on
 from flask_devhealth_webhooks.events import Event
 from flask_devhealth_webhooks.exceptions import ConfigurationError, DeliveryNotFound, NotReplayable
-from flask_devhealth_webhooks.store import create_engine_for, utcnow
+from flask_devhealth_webhooks.store import (
+    _cheaper_equivalent,
+    _iso_microseconds,
+    create_engine_for,
+    utcnow,
+)
 from flask_devhealth_webhooks.testing import encode_body, sample_payload, send_webhook
 
 BV = "benefit_verification.updated"
@@ -299,6 +306,44 @@ def test_a_forked_worker_opens_its_own_sqlite_connection(tmp_path: Path) -> None
     assert get_state(app).store._own.dbapi is inherited  # type: ignore[union-attr]
     assert get_state(app).store.count("processed") == 3
     get_state(app).store.engine.dispose()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(timezones=st.none() | st.timezones()))
+def test_direct_writes_format_datetimes_exactly_as_sqlalchemy(value: datetime) -> None:
+    dialect = sa.create_engine("sqlite://").dialect
+    sqlalchemy_format = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert sqlalchemy_format is not None
+    assert _cheaper_equivalent(sqlalchemy_format) is _iso_microseconds
+    assert _iso_microseconds(value) == sqlalchemy_format(value)
+
+
+def test_a_conversion_without_a_cheaper_equal_is_kept() -> None:
+    def odd(value: Any) -> Any:
+        return None if value is None else f"<{value}>"
+
+    assert _cheaper_equivalent(odd) is odd
+
+
+def test_timestamps_written_directly_read_back_unchanged(tmp_path: Path) -> None:
+    app, _ = _sqlite_app(tmp_path)
+    before = utcnow()
+    assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
+    after = utcnow()
+    store = get_state(app).store
+    (row,) = raw_rows(store.engine)
+    assert before <= row.first_received_at <= row.processed_at <= after
+    dialect = store.engine.dialect
+    sqlalchemy_format = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert sqlalchemy_format is not None
+    with sqlite3.connect(store.engine.url.database or "") as raw:
+        stored = raw.execute(
+            "SELECT first_received_at, processed_at FROM devhealth_webhook_deliveries"
+        ).fetchone()
+    assert stored == (
+        sqlalchemy_format(row.first_received_at),
+        sqlalchemy_format(row.processed_at),
+    )
 
 
 # -- payload policy ------------------------------------------------------------------------
