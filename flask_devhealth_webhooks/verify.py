@@ -2,12 +2,24 @@
 
 The algorithm allow-list always comes from settings, never from the token. Only PyJWT's token
 errors are caught, so a broken key surfaces as a configuration problem rather than a 401.
+
+Speed: PyJWT's general pipeline (segment checks character by character, header extensions, key
+preparation, every claim option) costs more than the rest of a delivery's checks together.
+``Verifier`` first tries a narrow fast path that accepts only the plain shape the platform
+sends (an ``alg``/``typ``/``kid`` header, the canonical unpadded encoding, numeric time claims)
+and only when every check PyJWT would make passes; anything else, and every token that is to be
+refused, goes through PyJWT, which gives the answer and names the reason.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import json
+import math
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -51,10 +63,13 @@ _jws = jwt.PyJWS(algorithms=[])
 for _name, _hash in _HASHES.items():
     _jws.register_algorithm(_name, _HMAC(_hash))
 _claims_reader = jwt.PyJWT()
-#: Signature and claims in one parse, with the HMAC above. PyJWT has no public way to hand a
-#: PyJWT its PyJWS; it sets ``_jws`` the same way for its own module-level instance.
-_one_pass = jwt.PyJWT()
-_one_pass._jws = _jws
+
+#: Three unpadded base64url segments: the only token shape the fast path looks at.
+_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
+#: Header parameters the fast path understands; PyJWT handles any other (``crit``, ``b64``...).
+_PLAIN_HEADER_KEYS = frozenset({"alg", "typ", "kid"})
+#: Distinct header segments remembered per app (the platform sends one); beyond it, re-parse.
+_HEADER_CACHE_SIZE = 8
 
 
 def prepare_secret(secret: bytes) -> bytes:
@@ -75,7 +90,9 @@ class Verifier:
         self.settings = settings
         self.secrets = tuple(prepare_secret(secret) for secret in settings.secrets)
         self.algorithms = list(settings.algorithms)
-        self.options: Any = {**_claim_options(settings), "verify_signature": True}
+        self._required = tuple(_claim_options(settings)["require"])
+        #: Header segments already found plain -> the hash of their (allowed) algorithm.
+        self._headers: dict[str, str] = {}
 
     def verify(self, header_value: str | None, body: bytes) -> tuple[dict[str, Any], int]:
         """The verified claims and the index of the secret that verified them.
@@ -84,7 +101,7 @@ class Verifier:
         """
         settings = self.settings
         token = extract_token(header_value)
-        verified = self._verify_in_one_pass(token)
+        verified = self.fast_verify(token)
         if verified is not None:
             claims, slot = verified
         else:
@@ -97,32 +114,114 @@ class Verifier:
                 raise TokenError("The token's body-hash claim does not match the body received.")
         return claims, slot
 
-    def _verify_in_one_pass(self, token: str) -> tuple[dict[str, Any], int] | None:
-        """Signature and claims in one parse of the token (parsing is most of the cost).
+    def fast_verify(self, token: str) -> tuple[dict[str, Any], int] | None:
+        """Claims and secret slot of a plain token that PyJWT would accept; else ``None``.
 
-        ``None`` sends the token down the step-by-step path, which names the exact reason a
-        token is refused and checks ``MAX_AGE``; accepted tokens never need it.
+        Never refuses: ``None`` sends the token to PyJWT, which accepts it or names the reason.
         """
-        settings = self.settings
-        if settings.max_age is not None:
+        match = _COMPACT.fullmatch(token)
+        if match is None:
             return None
-        for slot, secret in enumerate(self.secrets):
-            try:
-                claims: dict[str, Any] = _one_pass.decode(
-                    token,
-                    secret,
-                    algorithms=self.algorithms,
-                    options=self.options,
-                    audience=settings.audience,
-                    issuer=settings.issuer,
-                    leeway=settings.leeway,
-                )
-            except jwt.InvalidSignatureError:
-                continue
-            except jwt.InvalidTokenError:
+        head, body, signature = match.groups()
+        digest = self._headers.get(head)
+        if digest is None:
+            digest = self._plain_header(head)
+            if digest is None:
                 return None
-            return claims, slot
+        slot = self._signed_by(f"{head}.{body}".encode("ascii"), signature, digest)
+        if slot is None:
+            return None
+        decoded = _b64decode(body)
+        if decoded is None:
+            return None
+        try:
+            claims = json.loads(decoded)
+        except (ValueError, RecursionError):
+            return None
+        if type(claims) is not dict or not self._claims_accepted(claims):
+            return None
+        return claims, slot
+
+    def _signed_by(self, signing_input: bytes, signature: str, digest: str) -> int | None:
+        """The slot of the secret whose HMAC is ``signature``, in its canonical encoding."""
+        for slot, secret in enumerate(self.secrets):
+            expected = _b64encode(hmac.digest(secret, signing_input, digest))
+            if hmac.compare_digest(expected, signature):
+                return slot
         return None
+
+    def _plain_header(self, segment: str) -> str | None:
+        """The hash name for a header of only ``alg``/``typ``/``kid`` with an allowed ``alg``."""
+        decoded = _b64decode(segment)
+        if decoded is None:
+            return None
+        try:
+            header = json.loads(decoded)
+        except (ValueError, RecursionError):
+            return None
+        if type(header) is not dict or not header.keys() <= _PLAIN_HEADER_KEYS:
+            return None
+        alg = header.get("alg")
+        if alg not in self.algorithms or type(header.get("kid", "")) is not str:
+            return None
+        digest = _DIGESTS[alg]
+        if len(self._headers) < _HEADER_CACHE_SIZE:
+            self._headers[segment] = digest
+        return digest
+
+    def _claims_accepted(self, claims: dict[str, Any]) -> bool:
+        """True when PyJWT (and ``MAX_AGE``) would accept these claims; False to let it judge."""
+        settings = self.settings
+        for name in self._required:
+            if claims.get(name) is None:
+                return False
+        now = time.time()
+        leeway = settings.leeway
+        for name in ("iat", "nbf", "exp"):
+            if name in claims:
+                value = claims[name]
+                if type(value) is not int and not (type(value) is float and math.isfinite(value)):
+                    return False
+                # PyJWT compares the claim truncated to an integer.
+                if name == "exp" and int(value) <= now - leeway:
+                    return False
+                if name != "exp" and int(value) > now + leeway:
+                    return False
+        if settings.max_age is not None and now - claims["iat"] > settings.max_age + leeway:
+            return False
+        if settings.issuer is not None and claims.get("iss") != settings.issuer:
+            return False
+        if settings.audience is not None:
+            aud = claims.get("aud")
+            if not (
+                aud == settings.audience
+                or (type(aud) is list and settings.audience in aud and _all_str(aud))
+            ):
+                return False
+        return True
+
+
+_DIGESTS = {"HS256": "sha256", "HS384": "sha384", "HS512": "sha512"}
+
+
+def _all_str(values: list[Any]) -> bool:
+    return all(type(value) is str for value in values)
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(segment: str) -> bytes | None:
+    """The bytes of a canonical unpadded base64url segment; None for any other encoding."""
+    if len(segment) % 4 == 1:
+        return None
+    try:
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    # Unused low bits set in the last character decode too: PyJWT refuses those encodings.
+    return data if _b64encode(data) == segment else None
 
 
 def extract_token(value: str | None) -> str:
