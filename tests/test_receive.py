@@ -186,6 +186,50 @@ def test_chunked_body_within_limit_is_accepted(make_app: Callable[..., Flask]) -
     assert response.get_json()["status"] == "processed"
 
 
+def test_body_shorter_than_its_content_length_is_refused(client: FlaskClient) -> None:
+    """The client went away mid-body: a JSON 400, and no handler sees the fragment."""
+    seen = record("*")
+    raw = json.dumps(bv_body()).encode()
+    response = post(client, raw, environ_overrides={"CONTENT_LENGTH": str(len(raw) + 10)})
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_json"
+    assert "Content-Length" in response.get_json()["message"]
+    assert seen == []
+
+
+def test_only_the_declared_length_is_read(client: FlaskClient) -> None:
+    """Bytes after the declared length (a pipelined request, say) are not part of the body."""
+    raw = json.dumps(bv_body()).encode()
+    response = client.post(
+        URL,
+        input_stream=io.BytesIO(raw + b"GET / HTTP/1.1"),
+        headers={HEADER: make_token(SECRET)},
+        environ_overrides={"CONTENT_LENGTH": str(len(raw))},
+    )
+    assert response.status_code == 200, response.get_json()
+
+
+def test_flask_max_content_length_is_answered_in_json(make_app: Callable[..., Flask]) -> None:
+    """Flask's MAX_CONTENT_LENGTH, when lower than MAX_BODY, is refused like MAX_BODY: JSON."""
+    app = make_app()
+    app.config["MAX_CONTENT_LENGTH"] = 64
+    raw = json.dumps(bv_body()).encode()
+    response = post(app.test_client(), raw)
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "payload_too_large"
+    assert "MAX_CONTENT_LENGTH (64 bytes)" in response.get_json()["message"]
+    chunked = app.test_client().post(
+        URL,
+        input_stream=io.BytesIO(raw),
+        headers={HEADER: make_token(SECRET), "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert chunked.status_code == 413
+    assert chunked.get_json()["error"] == "payload_too_large"
+    app.config["MAX_CONTENT_LENGTH"] = len(raw)
+    assert post(app.test_client(), raw).status_code == 200
+
+
 def test_body_exactly_at_limit_is_accepted(make_app: Callable[..., Flask]) -> None:
     raw = json.dumps(bv_body()).encode()
     client = make_app(MAX_BODY=len(raw)).test_client()
