@@ -5,6 +5,7 @@ size -> token -> JSON -> schema -> record -> dispatch -> reply. Every answer is 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -138,12 +139,14 @@ def read_body(limit: int) -> bytes:
     raw: bytes
     if length is not None:
         raw = environ["wsgi.input"].read(length)
-        if len(raw) < length:
-            raise InvalidJSON("The body ended before its declared Content-Length.")
-    elif environ.get("wsgi.input_terminated"):
+    elif "wsgi.input_terminated" in environ:
         raw = environ["wsgi.input"].read(limit + 1)  # chunked: the server ends the stream
     else:
-        raw = b""  # no length, and the server cannot end the stream: werkzeug reads nothing
+        return b""  # no length, and the server cannot end the stream: werkzeug reads nothing
+    # Put the body back, so that request.get_data() in a handler or hook still finds it.
+    environ["wsgi.input"] = io.BytesIO(raw)
+    if length is not None and len(raw) < length:
+        raise InvalidJSON("The body ended before its declared Content-Length.")
     if len(raw) > limit:
         raise _too_large(name, limit)
     return raw

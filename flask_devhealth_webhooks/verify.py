@@ -110,7 +110,10 @@ class Verifier:
         if settings.body_hash_claim is not None:
             expected = body_digest(body)
             sent = claims[settings.body_hash_claim]
-            if not isinstance(sent, str) or not hmac.compare_digest(sent.lower(), expected):
+            # As bytes: compare_digest refuses str with non-ASCII characters.
+            if not isinstance(sent, str) or not hmac.compare_digest(
+                sent.lower().encode("utf-8", "surrogatepass"), expected.encode("ascii")
+            ):
                 raise TokenError("The token's body-hash claim does not match the body received.")
         return claims, slot
 
@@ -131,6 +134,8 @@ class Verifier:
         slot = self._signed_by(f"{head}.{body}".encode("ascii"), signature, digest)
         if slot is None:
             return None
+        if head not in self._headers and len(self._headers) < _HEADER_CACHE_SIZE:
+            self._headers[head] = digest  # only signed headers: junk cannot fill the cache
         decoded = _b64decode(body)
         if decoded is None:
             return None
@@ -164,10 +169,7 @@ class Verifier:
         alg = header.get("alg")
         if alg not in self.algorithms or type(header.get("kid", "")) is not str:
             return None
-        digest = _DIGESTS[alg]
-        if len(self._headers) < _HEADER_CACHE_SIZE:
-            self._headers[segment] = digest
-        return digest
+        return _DIGESTS[alg]
 
     def _claims_accepted(self, claims: dict[str, Any]) -> bool:
         """True when PyJWT (and ``MAX_AGE``) would accept these claims; False to let it judge."""
@@ -187,7 +189,8 @@ class Verifier:
                     return False
                 if name != "exp" and int(value) > now + leeway:
                     return False
-        if settings.max_age is not None and now - claims["iat"] > settings.max_age + leeway:
+        # Compared, not subtracted: a huge integer iat cannot be converted to a float.
+        if settings.max_age is not None and claims["iat"] < now - settings.max_age - leeway:
             return False
         if settings.issuer is not None and claims.get("iss") != settings.issuer:
             return False
@@ -311,7 +314,8 @@ def _check_claims(token: str, settings: Settings) -> dict[str, Any]:
         iat = claims["iat"]
         if isinstance(iat, bool) or not isinstance(iat, (int, float)):
             raise TokenError("The token's 'iat' claim must be a number.", code="invalid_claims")
-        if time.time() - iat > settings.max_age + settings.leeway:
+        # Compared, not subtracted: a huge integer iat cannot be converted to a float.
+        if iat < time.time() - settings.max_age - settings.leeway:
             raise TokenError(
                 "The token was issued longer ago than DEVHEALTH_WEBHOOKS_MAX_AGE allows.",
                 code="token_expired",

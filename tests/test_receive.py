@@ -209,6 +209,29 @@ def test_only_the_declared_length_is_read(client: FlaskClient) -> None:
     assert response.status_code == 200, response.get_json()
 
 
+def test_handlers_and_hooks_can_still_read_the_body(make_app: Callable[..., Flask]) -> None:
+    """The body is read once from the server's stream and put back for request.get_data()."""
+    from flask import request
+
+    app = make_app()
+    app.config["TESTING"] = False
+    seen: list[bytes] = []
+
+    @on("benefit_verification.updated")
+    def handler(event: Event) -> None:
+        seen.append(request.get_data())
+
+    @app.after_request
+    def hook(response: Any) -> Any:
+        seen.append(request.get_data())
+        return response
+
+    raw = json.dumps(bv_body()).encode()
+    response = post(app.test_client(), raw)
+    assert response.status_code == 200, response.get_json()
+    assert seen == [raw, raw]
+
+
 def test_flask_max_content_length_is_answered_in_json(make_app: Callable[..., Flask]) -> None:
     """Flask's MAX_CONTENT_LENGTH, when lower than MAX_BODY, is refused like MAX_BODY: JSON."""
     app = make_app()

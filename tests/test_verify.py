@@ -217,6 +217,15 @@ def test_body_hash_claim_of_the_wrong_type(make_app: Callable[..., Flask], value
     }
 
 
+@pytest.mark.parametrize("value", ["é" * 64, "\ud800"])
+def test_body_hash_claim_with_non_ascii_characters(
+    make_app: Callable[..., Flask], value: str
+) -> None:
+    """Compared as bytes: a non-ASCII claim is a mismatch (401), never a 500."""
+    client = make_app(BODY_HASH_CLAIM="body_sha256").test_client()
+    assert error(post(client, sign(fresh(body_sha256=value)))) == "invalid_signature"
+
+
 def test_body_hash_claim_missing(make_app: Callable[..., Flask]) -> None:
     client = make_app(BODY_HASH_CLAIM="body_sha256").test_client()
     assert error(post(client, sign(fresh()))) == "invalid_claims"
@@ -271,6 +280,18 @@ def test_iat_older_than_max_age(make_app: Callable[..., Flask]) -> None:
 def test_iat_within_max_age_plus_leeway(make_app: Callable[..., Flask]) -> None:
     client = make_app(MAX_AGE=60).test_client()
     assert error(post(client, sign({"iat": now() - 60 - 15, "exp": now() + 300}))) is None
+
+
+@pytest.mark.parametrize(
+    ("iat", "code"),
+    [(-(10**400), "token_expired"), (10**400, "token_not_yet_valid")],
+    ids=["huge-past", "huge-future"],
+)
+def test_max_age_with_an_iat_too_large_for_a_float(
+    make_app: Callable[..., Flask], iat: int, code: str
+) -> None:
+    client = make_app(MAX_AGE=60).test_client()
+    assert error(post(client, sign({"iat": iat}))) == code
 
 
 def test_max_age_requires_iat(make_app: Callable[..., Flask]) -> None:

@@ -190,8 +190,11 @@ def test_a_non_canonical_signature_is_refused_like_pyjwt_refuses_it() -> None:
     assert reference(mutated, config) is None
 
 
-def test_the_header_cache_is_bounded() -> None:
+def test_the_header_cache_is_bounded_and_holds_only_signed_headers() -> None:
     verifier = Verifier(settings_for())
+    for index in range(50):  # unsigned junk must not take the places of the real header
+        assert verifier.fast_verify(sign({}, WRONG, {"alg": "HS256", "kid": f"j{index}"})) is None
+    assert verifier._headers == {}
     for index in range(50):
         token = sign({}, header={"alg": "HS256", "kid": f"k{index}"})
         assert verifier.fast_verify(token) is not None
