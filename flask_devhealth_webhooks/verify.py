@@ -136,13 +136,7 @@ class Verifier:
             return None
         if head not in self._headers and len(self._headers) < _HEADER_CACHE_SIZE:
             self._headers[head] = digest  # only signed headers: junk cannot fill the cache
-        decoded = _b64decode(body)
-        if decoded is None:
-            return None
-        try:
-            claims = json.loads(decoded)
-        except (ValueError, RecursionError):
-            return None
+        claims = _json_segment(body)
         if type(claims) is not dict or not self._claims_accepted(claims):
             return None
         return claims, slot
@@ -157,13 +151,7 @@ class Verifier:
 
     def _plain_header(self, segment: str) -> str | None:
         """The hash name for a header of only ``alg``/``typ``/``kid`` with an allowed ``alg``."""
-        decoded = _b64decode(segment)
-        if decoded is None:
-            return None
-        try:
-            header = json.loads(decoded)
-        except (ValueError, RecursionError):
-            return None
+        header = _json_segment(segment)
         if type(header) is not dict or not header.keys() <= _PLAIN_HEADER_KEYS:
             return None
         alg = header.get("alg")
@@ -209,6 +197,17 @@ _DIGESTS = {"HS256": "sha256", "HS384": "sha384", "HS512": "sha512"}
 
 def _all_str(values: list[Any]) -> bool:
     return all(type(value) is str for value in values)
+
+
+def _json_segment(segment: str) -> Any:
+    """The JSON value of a canonical base64url segment; None when it is not one."""
+    decoded = _b64decode(segment)
+    if decoded is None:
+        return None
+    try:
+        return json.loads(decoded)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _b64encode(data: bytes) -> str:
