@@ -63,6 +63,8 @@ _jws = jwt.PyJWS(algorithms=[])
 for _name, _hash in _HASHES.items():
     _jws.register_algorithm(_name, _HMAC(_hash))
 _claims_reader = jwt.PyJWT()
+#: The same algorithms by OpenSSL name, for ``hmac.digest``'s fast one-shot path.
+_DIGESTS: dict[str, str] = {name: hash_().name for name, hash_ in _HASHES.items()}
 
 #: Three unpadded base64url segments: the only token shape the fast path looks at.
 _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
@@ -190,9 +192,6 @@ class Verifier:
             ):
                 return False
         return True
-
-
-_DIGESTS = {"HS256": "sha256", "HS384": "sha384", "HS512": "sha512"}
 
 
 def _all_str(values: list[Any]) -> bool:
