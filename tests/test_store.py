@@ -476,6 +476,92 @@ def test_purge_payloads_only_keeps_metadata(durable: Callable[..., Flask]) -> No
     assert store.payload("old_failed")
 
 
+# -- what is indexed -----------------------------------------------------------------------
+
+
+def captured_query(app: Flask, run: Callable[[], Any]) -> tuple[str, Any]:
+    """The one SELECT that ``run`` sends to the delivery log, with its parameters."""
+    engine = get_state(app).store.engine
+    seen: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append((statement, params))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        run()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    [query] = seen
+    return query
+
+
+def query_plan(app: Flask, statement: str, params: Any) -> str:
+    """The database's plan for ``statement``, as one string."""
+    engine = get_state(app).store.engine
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
+            return " | ".join(str(row[-1]) for row in rows)
+        conn.exec_driver_sql("SET enable_seqscan = off")  # a few rows: make the choice visible
+        return " | ".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, params))
+
+
+def test_only_deliveries_needing_attention_are_in_a_secondary_index(tmp_path: Path) -> None:
+    # A delivery that goes straight to processed writes its row and the delivery id's unique
+    # index, nothing more: any other full index would cost every commit another WAL page.
+    app = build_app(tmp_path, DATABASE_URL=None)  # the default SQLite file
+    send_webhook(app.test_client(), sample_payload(BV))
+    path = get_state(app).store.engine.url.database
+    assert path is not None
+    with sqlite3.connect(path) as conn:
+        indexes = {
+            row[1]: row for row in conn.execute("PRAGMA index_list(devhealth_webhook_deliveries)")
+        }
+        partial = {name for name, row in indexes.items() if row[4] == 1}
+        full = {name for name, row in indexes.items() if row[4] == 0}
+        [(where,)] = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'ix_devhealth_webhook_deliveries_attention'"
+        )
+    get_state(app).store.engine.dispose()
+    assert partial == {"ix_devhealth_webhook_deliveries_attention"}
+    assert [indexes[name][3] for name in full] == ["u"]  # UNIQUE (delivery_id)
+    assert "WHERE state IN ('failed', 'dead_letter')" in where
+
+
+@pytest.mark.parametrize("state", ["failed", "dead_letter"])
+def test_listing_deliveries_that_need_attention_uses_the_partial_index(
+    durable: Callable[..., Flask], state: str
+) -> None:
+    app = durable()
+    seed_rows(app)
+    store = get_state(app).store
+
+    statement, params = captured_query(app, lambda: store.list(state=state))
+    plan = query_plan(app, statement, params)
+
+    assert "ix_devhealth_webhook_deliveries_attention" in plan
+    assert [d.delivery_id for d in store.list(state=state)] == [
+        name for name, row_state, _ in reversed(ROWS) if row_state == state
+    ]
+    assert store.count(state) == 1
+
+
+def test_newest_first_walks_the_primary_key_without_sorting(durable: Callable[..., Flask]) -> None:
+    app = durable()
+    seed_rows(app)
+    store = get_state(app).store
+
+    statement, params = captured_query(app, lambda: store.list(limit=3))
+    plan = query_plan(app, statement, params)
+
+    assert "TEMP B-TREE" not in plan.upper()
+    assert "Sort" not in plan
+    # Arrival order, whatever first_received_at says: seed_rows ages the early rows.
+    assert [d.delivery_id for d in store.list(limit=3)] == [name for name, _, _ in ROWS][::-1][:3]
+
+
 def test_a_missing_database_driver_is_a_configuration_error(
     make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
 ) -> None:
