@@ -11,6 +11,7 @@ import json
 import operator
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
@@ -25,6 +26,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 
 from .exceptions import ConfigurationError, DeliveryNotFound, NotReplayable
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: writers queue in SQLite's busy handler
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -198,11 +204,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: Polls (seconds apart) for the write lock; the last one repeats until WRITE_LOCK_TIMEOUT.
+_LOCK_POLLS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005)
+#: Seconds a writer waits for the write lock before going ahead without it.
+WRITE_LOCK_TIMEOUT = 5.0
+
+
 class _ThreadConnection(threading.local):
-    """One thread's detached SQLite connection (see ``DeliveryStore._thread_connection``)."""
+    """One thread's detached SQLite connection and write-lock file (see ``_thread_connection``)."""
 
     fairy: Any = None
     dbapi: Any = None
+    lock_fd: int | None = None
     forks = -1
     generation = -1
 
@@ -211,7 +224,51 @@ class _ThreadConnection(threading.local):
         if self.fairy is not None and self.forks == _forks[0]:
             with suppress(Exception):  # closing a broken connection must not mask its error
                 self.fairy.close()
-        self.fairy = self.dbapi = None
+        if self.lock_fd is not None:  # closing a copy inherited by fork releases nothing
+            with suppress(OSError):
+                os.close(self.lock_fd)
+        self.fairy = self.dbapi = self.lock_fd = None
+
+
+def _open_lock(path: str) -> int | None:
+    """A descriptor of the write-lock file beside the database (None: cannot lock here)."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        return None
+
+
+def _acquire(fd: int) -> bool:
+    """Take the write lock on ``fd``, polling; False after WRITE_LOCK_TIMEOUT (go ahead)."""
+    deadline = time.monotonic() + WRITE_LOCK_TIMEOUT
+    polls = iter(_LOCK_POLLS)
+    pause = _LOCK_POLLS[0]
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        except OSError:  # a file system without flock: SQLite's own locking is enough
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = next(polls, pause)
+
+
+@contextmanager
+def _write_lock(fd: int | None) -> Iterator[None]:
+    """Hold the write lock on ``fd`` around one write, when it can be had."""
+    if fd is None or not _acquire(fd):
+        yield
+        return
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def utcnow() -> datetime:
@@ -442,10 +499,13 @@ class DeliveryStore:
                     return self._execute_direct(fairy.dbapi_connection, statement, args)
                 finally:
                     fairy.close()  # back to the pool, which rolls back anything left
+        own = self._own
         try:
-            return self._execute_direct(self._thread_connection(), statement, args)
+            dbapi_connection = self._thread_connection()
+            with _write_lock(own.lock_fd):
+                return self._execute_direct(dbapi_connection, statement, args)
         except sa.exc.DBAPIError:
-            self._own.drop()  # the next write opens a fresh connection, as the pool would
+            own.drop()  # the next write opens a fresh connection, as the pool would
             raise
 
     def _execute_direct(self, dbapi_connection: Any, statement: _DirectStatement, args: Any) -> int:
@@ -473,6 +533,11 @@ class DeliveryStore:
         SQLite connections are cheap to keep, so each thread keeps one, detached from the
         pool (so it never counts against the pool's size). Replaced after a fork and after
         ``engine.dispose()``.
+
+        Each also opens the write-lock file (``<database>-writelock``), which queues this
+        store's writers across threads and processes: SQLite's own locking still decides, but
+        a writer that collides inside SQLite sleeps 1 ms or more in its busy handler (several
+        commits' worth), while one waiting on the lock is let in within about 0.1 ms.
         """
         own = self._own
         assert own is not None
@@ -481,6 +546,7 @@ class DeliveryStore:
             fairy = self.engine.raw_connection()
             fairy.detach()
             own.fairy, own.dbapi = fairy, fairy.dbapi_connection
+            own.lock_fd = _open_lock(f"{self.engine.url.database}-writelock")
             own.forks, own.generation = _forks[0], self._generation
         return own.dbapi
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import flask_devhealth_webhooks
 from flask_devhealth_webhooks import blueprint, deliveries, get_state, on
+from flask_devhealth_webhooks import store as store_module
 from flask_devhealth_webhooks.events import Event
 from flask_devhealth_webhooks.exceptions import ConfigurationError, DeliveryNotFound, NotReplayable
 from flask_devhealth_webhooks.store import (
@@ -304,6 +305,166 @@ def test_a_forked_worker_opens_its_own_sqlite_connection(tmp_path: Path) -> None
     assert os.waitstatus_to_exitcode(status) == 0
     assert send_webhook(client, sample_payload(BV)).status_code == 200  # ours still works
     assert get_state(app).store._own.dbapi is inherited  # type: ignore[union-attr]
+    assert get_state(app).store.count("processed") == 3
+    get_state(app).store.engine.dispose()
+
+
+# -- SQLite: the write lock ----------------------------------------------------------------
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+needs_flock = pytest.mark.skipif(fcntl is None, reason="the write lock needs fcntl (POSIX)")
+
+
+def lock_path(tmp_path: Path) -> Path:
+    return tmp_path / "log.sqlite3-writelock"
+
+
+class HeldLock:
+    """The write-lock file, held by the test (as another process's writer would hold it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def lock_is_free(path: Path) -> bool:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+@needs_flock
+def test_sqlite_writers_queue_on_the_write_lock(tmp_path: Path) -> None:
+    app, _ = _sqlite_app(tmp_path)
+    assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
+    assert lock_is_free(lock_path(tmp_path))  # taken and released around each write
+    held = HeldLock(lock_path(tmp_path))
+    answers: list[int] = []
+    sender = threading.Thread(
+        target=lambda: answers.append(
+            send_webhook(app.test_client(), sample_payload(BV)).status_code
+        )
+    )
+
+    sender.start()
+    sender.join(timeout=0.5)
+    waited = sender.is_alive()
+    rows_while_held = get_state(app).store.count()
+    held.release()
+    sender.join(timeout=10)
+
+    assert waited
+    assert rows_while_held == 1  # its claim was not written while another writer held the lock
+    assert answers == [200]
+    assert get_state(app).store.count("processed") == 2
+    get_state(app).store.engine.dispose()
+
+
+@needs_flock
+def test_a_writer_goes_ahead_when_the_lock_is_held_too_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "WRITE_LOCK_TIMEOUT", 0.2)
+    app, _ = _sqlite_app(tmp_path)
+    assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
+    held = HeldLock(lock_path(tmp_path))  # a writer that hangs while holding it
+    try:
+        response = send_webhook(app.test_client(), sample_payload(BV))
+    finally:
+        held.release()
+
+    assert response.status_code == 200  # SQLite's own locking still keeps the writes safe
+    assert get_state(app).store.count("processed") == 2
+    get_state(app).store.engine.dispose()
+
+
+@needs_flock
+def test_a_write_lock_file_that_cannot_be_opened_does_not_stop_writes(tmp_path: Path) -> None:
+    lock_path(tmp_path).mkdir()  # os.open fails on a directory
+
+    app, _ = _sqlite_app(tmp_path)
+    answers = [send_webhook(app.test_client(), sample_payload(BV)).status_code for _ in range(3)]
+
+    assert answers == [200] * 3
+    assert get_state(app).store._own.lock_fd is None  # type: ignore[union-attr]
+    get_state(app).store.engine.dispose()
+
+
+@needs_flock
+def test_a_failed_write_releases_the_write_lock(tmp_path: Path) -> None:
+    app, _ = _sqlite_app(tmp_path)
+    client = app.test_client()
+    assert send_webhook(client, sample_payload(BV)).status_code == 200
+    store = get_state(app).store
+    store._own.dbapi.close()  # type: ignore[union-attr]
+
+    assert send_webhook(client, sample_payload(BV)).status_code == 503
+
+    assert lock_is_free(lock_path(tmp_path))
+    assert send_webhook(client, sample_payload(BV)).status_code == 200
+    store.engine.dispose()
+
+
+@needs_flock
+def test_an_unexpected_error_in_a_write_releases_the_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, _ = _sqlite_app(tmp_path)
+    payload = sample_payload(BV)
+    assert send_webhook(app.test_client(), payload).status_code == 200
+    store = get_state(app).store
+
+    def interrupted(*_: Any) -> int:
+        raise KeyboardInterrupt  # not a database error: the connection is kept
+
+    monkeypatch.setattr(store, "_execute_direct", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.record_progress(payload["event_id"], ["h"], attempt=1)
+
+    assert store._own.lock_fd is not None  # type: ignore[union-attr]
+    assert lock_is_free(lock_path(tmp_path))
+    store.engine.dispose()
+
+
+@needs_flock
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_a_forked_worker_queues_on_its_own_lock_descriptor(tmp_path: Path) -> None:
+    # A descriptor inherited by fork shares the parent's lock: the child must open its own,
+    # or both would think they hold it at once.
+    app, _ = _sqlite_app(tmp_path)
+    client = app.test_client()
+    assert send_webhook(client, sample_payload(BV)).status_code == 200
+    parent_fd = get_state(app).store._own.lock_fd  # type: ignore[union-attr]
+    assert parent_fd is not None
+    fcntl.flock(parent_fd, fcntl.LOCK_EX)  # the parent's writer is mid-commit
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            store_module.WRITE_LOCK_TIMEOUT = 0.1
+            ok = send_webhook(client, sample_payload(BV)).status_code == 200
+            child_fd = get_state(app).store._own.lock_fd  # type: ignore[union-attr]
+            ok = ok and child_fd is not None and not store_module._acquire(child_fd)
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    fcntl.flock(parent_fd, fcntl.LOCK_UN)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert send_webhook(client, sample_payload(BV)).status_code == 200
     assert get_state(app).store.count("processed") == 3
     get_state(app).store.engine.dispose()
 
