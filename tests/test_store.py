@@ -283,6 +283,19 @@ def test_a_broken_sqlite_connection_costs_one_503_then_is_replaced(tmp_path: Pat
     store.engine.dispose()
 
 
+def in_forked_child(check: Callable[[], bool]) -> bool:
+    """Run ``check`` in a forked child process; True when it returned True there."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = check()
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 def test_a_forked_worker_opens_its_own_sqlite_connection(tmp_path: Path) -> None:
     app, counts = _sqlite_app(tmp_path)
@@ -291,18 +304,12 @@ def test_a_forked_worker_opens_its_own_sqlite_connection(tmp_path: Path) -> None
     inherited = get_state(app).store._own.dbapi  # type: ignore[union-attr]
     before = counts["connect"]
 
-    pid = os.fork()
-    if pid == 0:  # the child, as a gunicorn worker forked after the app was built
-        try:
-            ok = send_webhook(client, sample_payload(BV)).status_code == 200
-            ok = ok and counts["connect"] == before + 1
-            ok = ok and get_state(app).store._own.dbapi is not inherited  # type: ignore[union-attr]
-        except BaseException:
-            ok = False
-        os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
+    def child() -> bool:  # as a gunicorn worker forked after the app was built
+        ok = send_webhook(client, sample_payload(BV)).status_code == 200
+        ok = ok and counts["connect"] == before + 1
+        return ok and get_state(app).store._own.dbapi is not inherited  # type: ignore[union-attr]
 
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert in_forked_child(child)
     assert send_webhook(client, sample_payload(BV)).status_code == 200  # ours still works
     assert get_state(app).store._own.dbapi is inherited  # type: ignore[union-attr]
     assert get_state(app).store.count("processed") == 3
@@ -450,20 +457,16 @@ def test_a_forked_worker_queues_on_its_own_lock_descriptor(tmp_path: Path) -> No
     assert parent_fd is not None
     fcntl.flock(parent_fd, fcntl.LOCK_EX)  # the parent's writer is mid-commit
 
-    pid = os.fork()
-    if pid == 0:
-        try:
-            store_module.WRITE_LOCK_TIMEOUT = 0.1
-            ok = send_webhook(client, sample_payload(BV)).status_code == 200
-            child_fd = get_state(app).store._own.lock_fd  # type: ignore[union-attr]
-            ok = ok and child_fd is not None and not store_module._acquire(child_fd)
-        except BaseException:
-            ok = False
-        os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
+    def child() -> bool:
+        store_module.WRITE_LOCK_TIMEOUT = 0.1
+        ok = send_webhook(client, sample_payload(BV)).status_code == 200
+        child_fd = get_state(app).store._own.lock_fd  # type: ignore[union-attr]
+        return ok and child_fd is not None and not store_module._acquire(child_fd)
+
+    forked_ok = in_forked_child(child)
     fcntl.flock(parent_fd, fcntl.LOCK_UN)
 
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert forked_ok
     assert send_webhook(client, sample_payload(BV)).status_code == 200
     assert get_state(app).store.count("processed") == 3
     get_state(app).store.engine.dispose()
