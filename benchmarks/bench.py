@@ -167,6 +167,12 @@ def build_variants(workdir: Path, postgres: str | None) -> list[Variant]:
             apps.create_handwritten(str(workdir / "handwritten.sqlite3")),
             apps.HANDWRITTEN_PATH,
         ),
+        Variant(
+            "handwritten_again",
+            "hand-written again (same app, own file: this run's noise)",
+            apps.create_handwritten(str(workdir / "handwritten_again.sqlite3")),
+            apps.HANDWRITTEN_PATH,
+        ),
         Variant("peer", "github-webhook (HMAC-SHA1)", apps.create_peer(), apps.PEER_PATH, "peer"),
         Variant(
             "memory",
@@ -342,6 +348,12 @@ def targets(
         f"- default configuration ≤ 2.5x floor: {default / floor:.2f}x — "
         + ("met" if default <= 2.5 * floor else "**not met**"),
     ]
+    if "handwritten_again" in summaries:
+        noise = abs(summaries["handwritten_again"].median / hand - 1)
+        lines.append(
+            f"- the same hand-written app, timed twice in this run, differs by {noise:.0%}: "
+            "a ratio that close to 1.0 is a tie, not a win or a loss"
+        )
     if http and "extension" in http and "handwritten" in http:
         share = http["extension"] / http["handwritten"]
         lines.append(
