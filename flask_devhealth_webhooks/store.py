@@ -8,10 +8,12 @@ database, cannot both run handlers.
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: writers queue in SQLite's busy handler
     fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger("flask_devhealth_webhooks")
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -194,10 +198,18 @@ def _cheaper_equivalent(processor: Callable[[Any], Any]) -> Callable[[Any], Any]
 
 #: Bumped in a forked child, so a store there opens its own SQLite connection.
 _forks = [0]
+#: Every write-lock descriptor this process has open (see ``_LockFile``).
+_lock_files: weakref.WeakSet[_LockFile] = weakref.WeakSet()
+#: SQLite connections a forked child inherited: kept open, never used. Closing one (even by
+#: letting it be collected) would run SQLite's close on the parent's file and lock state, and
+#: on descriptor numbers the child may have reused since.
+_inherited: list[Any] = []
 
 
 def _after_fork_in_child() -> None:
     _forks[0] += 1
+    for lock in list(_lock_files):  # they share the parent's locks; their numbers are ours yet
+        lock.close()
 
 
 if hasattr(os, "register_at_fork"):
@@ -206,8 +218,75 @@ if hasattr(os, "register_at_fork"):
 
 #: Polls (seconds apart) for the write lock; the last one repeats until WRITE_LOCK_TIMEOUT.
 _LOCK_POLLS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005)
-#: Seconds a writer waits for the write lock before going ahead without it.
-WRITE_LOCK_TIMEOUT = 5.0
+#: Seconds a writer waits for the write lock before writing without it.
+WRITE_LOCK_TIMEOUT = 1.0
+#: Seconds a store then writes without the lock, so a stuck holder costs one wait, not one per
+#: write (SQLite's own locking keeps the writes safe meanwhile).
+WRITE_LOCK_BYPASS = 30.0
+
+
+class _LockFile:
+    """One open descriptor of the write-lock file, closed when its thread or store lets go.
+
+    Every open one is known to the process, so a forked child closes its inherited copies at
+    once: they would share the parent's lock, and keep it held after the parent died.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+        _lock_files.add(self)
+
+    @classmethod
+    def open(cls, path: str) -> _LockFile | None:
+        """The write-lock file beside the database, created if needed (None: cannot lock)."""
+        if fcntl is None:  # pragma: no cover - Windows
+            return None
+        flags = os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return cls(os.open(path, flags | os.O_RDWR, 0o644))
+        except PermissionError:  # created by another user: flock needs only a read descriptor
+            pass
+        except OSError:
+            return None
+        try:
+            return cls(os.open(path, flags | os.O_RDONLY, 0o644))
+        except OSError:
+            return None
+
+    def acquire(self) -> bool:
+        """Take the lock, polling; False after WRITE_LOCK_TIMEOUT or where flock fails."""
+        fd = self.fd
+        if fd is None:
+            return False
+        deadline = time.monotonic() + WRITE_LOCK_TIMEOUT
+        polls = iter(_LOCK_POLLS)
+        pause = _LOCK_POLLS[0]
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            except OSError:  # a file system without flock: SQLite's own locking is enough
+                self.close()
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = next(polls, pause)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class _ThreadConnection(threading.local):
@@ -215,60 +294,21 @@ class _ThreadConnection(threading.local):
 
     fairy: Any = None
     dbapi: Any = None
-    lock_fd: int | None = None
+    lock: _LockFile | None = None
     forks = -1
     generation = -1
 
     def drop(self) -> None:
-        """Close the connection if this process opened it; forget it either way."""
-        if self.fairy is not None and self.forks == _forks[0]:
-            with suppress(Exception):  # closing a broken connection must not mask its error
-                self.fairy.close()
-        if self.lock_fd is not None:  # closing a copy inherited by fork releases nothing
-            with suppress(OSError):
-                os.close(self.lock_fd)
-        self.fairy = self.dbapi = self.lock_fd = None
-
-
-def _open_lock(path: str) -> int | None:
-    """A descriptor of the write-lock file beside the database (None: cannot lock here)."""
-    if fcntl is None:  # pragma: no cover - Windows
-        return None
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except OSError:
-        return None
-
-
-def _acquire(fd: int) -> bool:
-    """Take the write lock on ``fd``, polling; False after WRITE_LOCK_TIMEOUT (go ahead)."""
-    deadline = time.monotonic() + WRITE_LOCK_TIMEOUT
-    polls = iter(_LOCK_POLLS)
-    pause = _LOCK_POLLS[0]
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            pass
-        except OSError:  # a file system without flock: SQLite's own locking is enough
-            return False
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(pause)
-        pause = next(polls, pause)
-
-
-@contextmanager
-def _write_lock(fd: int | None) -> Iterator[None]:
-    """Hold the write lock on ``fd`` around one write, when it can be had."""
-    if fd is None or not _acquire(fd):
-        yield
-        return
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        """Close the connection if this process opened it (else keep it, unused); forget it."""
+        if self.fairy is not None:
+            if self.forks == _forks[0]:
+                with suppress(Exception):  # closing a broken connection must not mask its error
+                    self.fairy.close()
+            else:
+                _inherited.append(self.fairy)
+        if self.lock is not None:
+            self.lock.close()
+        self.fairy = self.dbapi = self.lock = None
 
 
 def utcnow() -> datetime:
@@ -429,6 +469,7 @@ class DeliveryStore:
         self._direct: dict[str, _DirectStatement] = {}
         self._own: _ThreadConnection | None = None
         self._generation = 0
+        self._lock_bypass_until = 0.0
         if self._dialect == "sqlite":
             if not memory:
                 self._own = _ThreadConnection()
@@ -502,7 +543,7 @@ class DeliveryStore:
         own = self._own
         try:
             dbapi_connection = self._thread_connection()
-            with _write_lock(own.lock_fd):
+            with self._write_lock(own.lock):
                 return self._execute_direct(dbapi_connection, statement, args)
         except sa.exc.DBAPIError:
             own.drop()  # the next write opens a fresh connection, as the pool would
@@ -537,7 +578,8 @@ class DeliveryStore:
         Each also opens the write-lock file (``<database>-writelock``), which queues this
         store's writers across threads and processes: SQLite's own locking still decides, but
         a writer that collides inside SQLite sleeps 1 ms or more in its busy handler (several
-        commits' worth), while one waiting on the lock is let in within about 0.1 ms.
+        commits' worth), while one waiting on the lock is let in within about 0.1 ms. A lock
+        held past WRITE_LOCK_TIMEOUT is bypassed for WRITE_LOCK_BYPASS seconds.
         """
         own = self._own
         assert own is not None
@@ -546,9 +588,30 @@ class DeliveryStore:
             fairy = self.engine.raw_connection()
             fairy.detach()
             own.fairy, own.dbapi = fairy, fairy.dbapi_connection
-            own.lock_fd = _open_lock(f"{self.engine.url.database}-writelock")
+            own.lock = _LockFile.open(f"{self.engine.url.database}-writelock")
             own.forks, own.generation = _forks[0], self._generation
         return own.dbapi
+
+    @contextmanager
+    def _write_lock(self, lock: _LockFile | None) -> Iterator[None]:
+        """Hold the write lock around one write; go ahead without it when it cannot be had."""
+        if lock is None or time.monotonic() < self._lock_bypass_until:
+            yield
+            return
+        if not lock.acquire():
+            if lock.fd is not None:  # held too long: its holder is stuck, or stopped
+                self._lock_bypass_until = time.monotonic() + WRITE_LOCK_BYPASS
+                logger.warning(
+                    "webhook log write lock busy for %.1f s; writing without it for %.0f s",
+                    WRITE_LOCK_TIMEOUT,
+                    WRITE_LOCK_BYPASS,
+                )
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _disposed(self, _engine: Engine) -> None:
         self._generation += 1

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sqlite3
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -333,7 +335,7 @@ class HeldLock:
     """The write-lock file, held by the test (as another process's writer would hold it)."""
 
     def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
@@ -342,7 +344,7 @@ class HeldLock:
 
 
 def lock_is_free(path: Path) -> bool:
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -352,11 +354,12 @@ def lock_is_free(path: Path) -> bool:
     return True
 
 
-@needs_flock
-def test_sqlite_writers_queue_on_the_write_lock(tmp_path: Path) -> None:
-    app, _ = _sqlite_app(tmp_path)
-    assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
-    assert lock_is_free(lock_path(tmp_path))  # taken and released around each write
+def send_while_locked(app: Flask, tmp_path: Path) -> tuple[bool, int, list[int]]:
+    """Send one delivery on a thread while the test holds the write lock, then release it.
+
+    Returns whether the sender was still waiting after 0.5 s, the rows stored by then, and
+    the sender's answers.
+    """
     held = HeldLock(lock_path(tmp_path))
     answers: list[int] = []
     sender = threading.Thread(
@@ -364,35 +367,26 @@ def test_sqlite_writers_queue_on_the_write_lock(tmp_path: Path) -> None:
             send_webhook(app.test_client(), sample_payload(BV)).status_code
         )
     )
-
     sender.start()
     sender.join(timeout=0.5)
     waited = sender.is_alive()
-    rows_while_held = get_state(app).store.count()
+    rows = get_state(app).store.count()
     held.release()
     sender.join(timeout=10)
+    return waited, rows, answers
+
+
+@needs_flock
+def test_sqlite_writers_queue_on_the_write_lock(tmp_path: Path) -> None:
+    app, _ = _sqlite_app(tmp_path)
+    assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
+    assert lock_is_free(lock_path(tmp_path))  # taken and released around each write
+
+    waited, rows_while_held, answers = send_while_locked(app, tmp_path)
 
     assert waited
     assert rows_while_held == 1  # its claim was not written while another writer held the lock
     assert answers == [200]
-    assert get_state(app).store.count("processed") == 2
-    get_state(app).store.engine.dispose()
-
-
-@needs_flock
-def test_a_writer_goes_ahead_when_the_lock_is_held_too_long(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(store_module, "WRITE_LOCK_TIMEOUT", 0.2)
-    app, _ = _sqlite_app(tmp_path)
-    assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
-    held = HeldLock(lock_path(tmp_path))  # a writer that hangs while holding it
-    try:
-        response = send_webhook(app.test_client(), sample_payload(BV))
-    finally:
-        held.release()
-
-    assert response.status_code == 200  # SQLite's own locking still keeps the writes safe
     assert get_state(app).store.count("processed") == 2
     get_state(app).store.engine.dispose()
 
@@ -405,7 +399,7 @@ def test_a_write_lock_file_that_cannot_be_opened_does_not_stop_writes(tmp_path: 
     answers = [send_webhook(app.test_client(), sample_payload(BV)).status_code for _ in range(3)]
 
     assert answers == [200] * 3
-    assert get_state(app).store._own.lock_fd is None  # type: ignore[union-attr]
+    assert get_state(app).store._own.lock is None  # type: ignore[union-attr]
     get_state(app).store.engine.dispose()
 
 
@@ -440,35 +434,202 @@ def test_an_unexpected_error_in_a_write_releases_the_write_lock(
     with pytest.raises(KeyboardInterrupt):
         store.record_progress(payload["event_id"], ["h"], attempt=1)
 
-    assert store._own.lock_fd is not None  # type: ignore[union-attr]
+    assert store._own.lock is not None  # type: ignore[union-attr]
     assert lock_is_free(lock_path(tmp_path))
     store.engine.dispose()
 
 
+needs_proc_fds = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="counts open descriptors in /proc/self/fd (Linux)"
+)
+
+
+def open_descriptors(path: Path) -> int:
+    """How many descriptors of this process point at ``path``."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{name}") == str(path)
+    return count
+
+
+def open_lock_descriptors(tmp_path: Path) -> int:
+    """How many descriptors of this process point at the write-lock file."""
+    return open_descriptors(lock_path(tmp_path))
+
+
+@needs_flock
+@needs_proc_fds
+def test_a_thread_that_ends_closes_its_lock_descriptor(tmp_path: Path) -> None:
+    # The werkzeug dev server (and gthread, over time) serves each request on a new thread.
+    app, _ = _sqlite_app(tmp_path)
+    assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
+    answers: list[int] = []
+
+    for _ in range(30):
+        thread = threading.Thread(
+            target=lambda: answers.append(
+                send_webhook(app.test_client(), sample_payload(BV)).status_code
+            )
+        )
+        thread.start()
+        thread.join()
+    gc.collect()
+
+    assert answers == [200] * 30
+    assert open_lock_descriptors(tmp_path) == 1  # the main thread's own
+    get_state(app).store.engine.dispose()
+
+
+@needs_flock
+@needs_proc_fds
+def test_a_discarded_store_closes_its_lock_descriptor(tmp_path: Path) -> None:
+    # An app factory per test (or per tenant) builds and drops stores on one thread.
+    for _ in range(20):
+        app, _ = _sqlite_app(tmp_path)
+        assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
+        get_state(app).store.engine.dispose()
+        del app
+    gc.collect()
+
+    assert open_lock_descriptors(tmp_path) == 0
+
+
 @needs_flock
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
-def test_a_forked_worker_queues_on_its_own_lock_descriptor(tmp_path: Path) -> None:
-    # A descriptor inherited by fork shares the parent's lock: the child must open its own,
-    # or both would think they hold it at once.
+def test_a_forked_child_drops_inherited_lock_descriptors_and_queues_on_its_own(
+    tmp_path: Path,
+) -> None:
+    # An inherited descriptor shares the parent's lock (both would hold it at once, and a
+    # child outliving a killed parent would keep it held); closed later by number, it could be
+    # a file the child has opened since, whose number SQLite's next file would then take.
     app, _ = _sqlite_app(tmp_path)
     client = app.test_client()
     assert send_webhook(client, sample_payload(BV)).status_code == 200
-    parent_fd = get_state(app).store._own.lock_fd  # type: ignore[union-attr]
-    assert parent_fd is not None
-    fcntl.flock(parent_fd, fcntl.LOCK_EX)  # the parent's writer is mid-commit
+    inherited = get_state(app).store._own.lock.fd  # type: ignore[union-attr]
+    assert inherited is not None
+    fcntl.flock(inherited, fcntl.LOCK_EX)  # the parent's writer is mid-commit
+    child_log = tmp_path / "child.log"
 
     def child() -> bool:
+        try:
+            os.fstat(inherited)
+            return False  # still open in the child
+        except OSError:
+            pass
         store_module.WRITE_LOCK_TIMEOUT = 0.1
+        log_fd = os.open(child_log, os.O_WRONLY | os.O_CREAT, 0o600)
         ok = send_webhook(client, sample_payload(BV)).status_code == 200
-        child_fd = get_state(app).store._own.lock_fd  # type: ignore[union-attr]
-        return ok and child_fd is not None and not store_module._acquire(child_fd)
+        os.write(log_fd, b"child log line")  # still the child's own file
+        os.close(log_fd)
+        own = get_state(app).store._own.lock  # type: ignore[union-attr]
+        return ok and own is not None and not own.acquire()  # the parent's lock is not its
 
     forked_ok = in_forked_child(child)
-    fcntl.flock(parent_fd, fcntl.LOCK_UN)
+    fcntl.flock(inherited, fcntl.LOCK_UN)
 
     assert forked_ok
+    assert child_log.read_bytes() == b"child log line"
+    assert (tmp_path / "log.sqlite3").read_bytes()[:16] == b"SQLite format 3\x00"
     assert send_webhook(client, sample_payload(BV)).status_code == 200
     assert get_state(app).store.count("processed") == 3
+    get_state(app).store.engine.dispose()
+
+
+@needs_proc_fds
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_a_forked_child_never_closes_the_sqlite_connection_it_inherited(tmp_path: Path) -> None:
+    # SQLite's close would act on the parent's file and lock state; letting the connection be
+    # garbage-collected closes it just the same.
+    app, _ = _sqlite_app(tmp_path)
+    client = app.test_client()
+    assert send_webhook(client, sample_payload(BV)).status_code == 200
+    database = tmp_path / "log.sqlite3"
+    before = open_descriptors(database)
+
+    def child() -> bool:
+        ok = send_webhook(client, sample_payload(BV)).status_code == 200  # opens its own
+        gc.collect()
+        return ok and open_descriptors(database) == before + 1  # the inherited one stays open
+
+    assert in_forked_child(child)
+    get_state(app).store.engine.dispose()
+
+
+@needs_flock
+def test_a_stuck_lock_costs_one_wait_then_is_bypassed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(store_module, "WRITE_LOCK_TIMEOUT", 0.1)
+    app, _ = _sqlite_app(tmp_path)
+    on(BV)(lambda event: None)
+    on(BV)(lambda event: None)  # claim, progress and finish: three writes per delivery
+    assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
+    waits: list[bool] = []
+    acquire = store_module._LockFile.acquire
+    monkeypatch.setattr(
+        store_module._LockFile, "acquire", lambda self: waits.append(acquire(self)) or waits[-1]
+    )
+    held = HeldLock(lock_path(tmp_path))  # e.g. a stopped process that held it
+    try:
+        with caplog.at_level("WARNING", logger="flask_devhealth_webhooks"):
+            answers = [
+                send_webhook(app.test_client(), sample_payload(BV)).status_code for _ in range(3)
+            ]
+    finally:
+        held.release()
+
+    assert answers == [200] * 3
+    assert waits == [False]  # the first write waited; the other eight went straight ahead
+    [warning] = [r for r in caplog.records if "write lock" in r.getMessage()]
+    assert "writing without it for 30 s" in warning.getMessage()
+    assert get_state(app).store.count("processed") == 4
+    get_state(app).store.engine.dispose()
+
+
+@needs_flock
+def test_the_lock_is_tried_again_once_the_bypass_is_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "WRITE_LOCK_TIMEOUT", 0.05)
+    monkeypatch.setattr(store_module, "WRITE_LOCK_BYPASS", 0.0)
+    app, _ = _sqlite_app(tmp_path)
+    assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
+    held = HeldLock(lock_path(tmp_path))
+    try:
+        assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
+    finally:
+        held.release()
+
+    lock = get_state(app).store._own.lock  # type: ignore[union-attr]
+    assert lock is not None
+    assert lock.acquire()  # free again, and taken by the store's own descriptor
+    lock.release()
+    assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
+    assert lock_is_free(lock_path(tmp_path))
+    get_state(app).store.engine.dispose()
+
+
+@needs_flock
+def test_a_lock_file_this_user_cannot_write_is_locked_through_a_read_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Created first by another user (a root `flask devhealth replay`), mode 0644.
+    real_open = os.open
+
+    def open_as_other_user(path: Any, flags: int, *args: Any) -> int:
+        if str(path).endswith("-writelock") and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(store_module.os, "open", open_as_other_user)
+    app, _ = _sqlite_app(tmp_path)
+    assert send_webhook(app.test_client(), sample_payload(BV)).status_code == 200
+
+    waited, _, answers = send_while_locked(app, tmp_path)
+
+    assert waited  # the read-only descriptor still queues the writer
+    assert answers == [200]
     get_state(app).store.engine.dispose()
 
 
