@@ -137,12 +137,20 @@ def read_body(limit: int) -> bytes:
     # (3-4x slower; it also allocates a buffer of the size asked for).
     environ = request.environ
     raw: bytes
-    if length is not None:
-        raw = environ["wsgi.input"].read(length)
-    elif "wsgi.input_terminated" in environ:
-        raw = environ["wsgi.input"].read(limit + 1)  # chunked: the server ends the stream
-    else:
-        return b""  # no length, and the server cannot end the stream: werkzeug reads nothing
+    try:
+        if length is not None:
+            raw = environ["wsgi.input"].read(length)
+        elif "wsgi.input_terminated" in environ:
+            raw = environ["wsgi.input"].read(limit + 1)  # chunked: the server ends the stream
+        else:
+            return b""  # no length, and the server cannot end the stream: werkzeug reads nothing
+    except Exception:
+        # The server's own error: a broken chunk, a connection cut short. Its message can
+        # quote the body, so it is neither chained, logged nor echoed.
+        environ["wsgi.input"] = io.BytesIO()
+        raise InvalidJSON(
+            "The body could not be read: its chunked framing is broken or it was cut short."
+        ) from None
     # Put the body back, so that request.get_data() in a handler or hook still finds it.
     environ["wsgi.input"] = io.BytesIO(raw)
     if length is not None and len(raw) < length:
@@ -156,12 +164,23 @@ def _too_large(name: str, limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The body is larger than {name} ({limit} bytes).")
 
 
+class _NotFinite(ValueError):
+    """NaN, Infinity, or a number too large for a float (``1e999``), which no JSON can carry."""
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
 
 
 # Built once: json.loads with any keyword argument builds a new decoder on every call.
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 MAX_DEPTH = 64
@@ -176,6 +195,10 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise InvalidJSON("The body is not valid UTF-8.") from None
     except RecursionError:
         raise InvalidJSON("The body is nested too deeply.") from None
+    except _NotFinite:
+        raise InvalidJSON(
+            "The body holds NaN, Infinity or a number too large for a float."
+        ) from None
     except ValueError:
         raise InvalidJSON("The body is not valid JSON.") from None
     if not isinstance(body, dict):

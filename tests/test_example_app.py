@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -333,5 +334,56 @@ def test_the_example_app_under_gunicorn_over_http(tmp_path: Path) -> None:
     assert "bv_forged" not in html
     server_log = log.read_text()
     assert SECRET not in server_log
+    for field in PATIENT_FIELDS:
+        assert field not in server_log
+
+
+def raw_post(base: str, head: str, body: bytes) -> tuple[int, str, bytes]:
+    """Send bytes exactly as given (no client library fixes the framing); read the answer."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head.encode() + b"\r\n" + body)
+        conn.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, content = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), headers.decode(), content
+
+
+def test_broken_chunked_framing_under_gunicorn_is_a_json_400_and_never_logged(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "DEVHEALTH_WEBHOOKS_SECRET": SECRET,
+        "DEVHEALTH_WEBHOOKS_DATABASE_URL": f"sqlite:///{tmp_path / 'deliveries.sqlite3'}",
+        "EXAMPLE_DATABASE": str(tmp_path / "board.sqlite3"),
+    }
+    payload = json.dumps(sample_payload("benefit_verification.updated")).encode()
+    head = (
+        "POST /webhooks/devhealth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"X-Webhook-Secret: {make_token(SECRET)}\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n"
+    )
+    bodies = {
+        "bad chunk size": b"zz\r\n" + payload + b"\r\n0\r\n\r\n",
+        # A length shorter than the chunk: the rest of the JSON is read as the next size line,
+        # and the server's error message quotes it.
+        "chunk longer than declared": b"10\r\n" + payload + b"\r\n0\r\n\r\n",
+        "cut short": b"1000\r\n" + payload[:200],
+    }
+    log = tmp_path / "gunicorn.log"
+    with gunicorn("example_app:create_app()", env=env, workers=1, log_path=log) as base:
+        answers = {name: raw_post(base, head, body) for name, body in bodies.items()}
+        state = requests.get(base + "/status.json", timeout=10).json()
+
+    for name, (status, headers, content) in answers.items():
+        assert status == 400, name
+        assert "application/json" in headers, name
+        assert json.loads(content)["error"] == "invalid_json", name
+    assert state["activity"] == []  # no handler saw a fragment
+    server_log = log.read_text()
+    assert "Traceback" not in server_log
     for field in PATIENT_FIELDS:
         assert field not in server_log

@@ -324,6 +324,12 @@ def nested(depth: int) -> dict[str, Any]:
         pytest.param(b'{"data": {"id": "x", "object": "y"}, "n": NaN}', id="nan"),
         pytest.param(b'{"data": {"id": "x", "object": "y"}, "n": Infinity}', id="infinity"),
         pytest.param(b'{"data": {"id": "x", "object": "y"}, "n": -Infinity}', id="-infinity"),
+        pytest.param(b'{"data": {"id": "x", "object": "y"}, "n": 1e999}', id="overflow-exponent"),
+        pytest.param(b'{"data": {"id": "x", "object": "y", "n": -1E400}}', id="overflow-in-data"),
+        pytest.param(
+            b'{"data": {"id": "x", "object": "y"}, "n": 1' + b"0" * 400 + b".0}",
+            id="overflow-digits",
+        ),
         pytest.param(b"[]", id="array"),
         pytest.param(b"[{}]", id="array-of-object"),
         pytest.param(b"", id="empty"),
@@ -345,6 +351,63 @@ def test_invalid_json(client: FlaskClient, raw: bytes) -> None:
     assert body["error"] == "invalid_json"
     assert isinstance(body["message"], str)
     assert body["message"]
+    assert seen == []
+
+
+def test_numbers_no_float_can_hold_name_the_problem(client: FlaskClient) -> None:
+    body = bv_body()
+    raw = json.dumps(body).encode()[:-1] + b', "extra": 1e999}'
+
+    response = post(client, raw)
+
+    assert response.status_code == 400
+    assert "too large for a float" in response.get_json()["message"]
+
+
+def test_large_finite_numbers_are_kept(client: FlaskClient) -> None:
+    seen = record("benefit_verification.updated")
+    body = bv_body()
+    raw = json.dumps(body).encode()[:-1] + b', "extra": 1.7e308, "tiny": 1e-999}'
+
+    response = post(client, raw)
+
+    assert response.status_code == 200, response.get_json()
+    assert seen[0].payload["extra"] == 1.7e308
+    assert seen[0].payload["tiny"] == 0.0
+
+
+class BrokenStream(io.RawIOBase):
+    """A server's input stream whose framing breaks mid-body, as gunicorn's does."""
+
+    def read(self, size: int = -1) -> bytes:
+        raise ValueError('Invalid chunk size: b\'"first_name": "ZZ-PHI-NAME", "last_name"\'')
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        pytest.param({"wsgi.input_terminated": True}, id="chunked"),
+        pytest.param({"CONTENT_LENGTH": "500"}, id="content-length"),
+    ],
+)
+def test_a_body_the_server_cannot_read_is_invalid_json_and_not_logged(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture, environ: dict[str, Any]
+) -> None:
+    seen = record("*")
+    with caplog.at_level("DEBUG"):
+        response = client.post(
+            URL,
+            headers={HEADER: make_token(SECRET)},
+            environ_overrides={"wsgi.input": BrokenStream(), **environ},
+        )
+
+    assert response.status_code == 400
+    assert response.is_json
+    assert response.get_json()["error"] == "invalid_json"
+    assert "chunked framing" in response.get_json()["message"]
+    assert "ZZ-PHI-NAME" not in response.get_data(as_text=True)
+    assert "ZZ-PHI-NAME" not in caplog.text
+    assert "Traceback" not in caplog.text
     assert seen == []
 
 
