@@ -258,9 +258,8 @@ class _LockFile:
         fd = self.fd
         if fd is None:
             return False
-        deadline = time.monotonic() + WRITE_LOCK_TIMEOUT
+        deadline = 0.0
         polls = iter(_LOCK_POLLS)
-        pause = _LOCK_POLLS[0]
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -270,10 +269,12 @@ class _LockFile:
             except OSError:  # a file system without flock: SQLite's own locking is enough
                 self.close()
                 return False
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if not deadline:  # the clock is read only once the lock turns out to be busy
+                deadline = now + WRITE_LOCK_TIMEOUT
+            elif now >= deadline:
                 return False
-            time.sleep(pause)
-            pause = next(polls, pause)
+            time.sleep(next(polls, _LOCK_POLLS[-1]))
 
     def release(self) -> None:
         if self.fd is not None:
@@ -543,8 +544,13 @@ class DeliveryStore:
         own = self._own
         try:
             dbapi_connection = self._thread_connection()
-            with self._write_lock(own.lock):
+            lock = own.lock
+            if lock is None or not self._take_write_lock(lock):
                 return self._execute_direct(dbapi_connection, statement, args)
+            try:
+                return self._execute_direct(dbapi_connection, statement, args)
+            finally:
+                lock.release()
         except sa.exc.DBAPIError:
             own.drop()  # the next write opens a fresh connection, as the pool would
             raise
@@ -592,26 +598,20 @@ class DeliveryStore:
             own.forks, own.generation = _forks[0], self._generation
         return own.dbapi
 
-    @contextmanager
-    def _write_lock(self, lock: _LockFile | None) -> Iterator[None]:
-        """Hold the write lock around one write; go ahead without it when it cannot be had."""
-        if lock is None or time.monotonic() < self._lock_bypass_until:
-            yield
-            return
-        if not lock.acquire():
-            if lock.fd is not None:  # held too long: its holder is stuck, or stopped
-                self._lock_bypass_until = time.monotonic() + WRITE_LOCK_BYPASS
-                logger.warning(
-                    "webhook log write lock busy for %.1f s; writing without it for %.0f s",
-                    WRITE_LOCK_TIMEOUT,
-                    WRITE_LOCK_BYPASS,
-                )
-            yield
-            return
-        try:
-            yield
-        finally:
-            lock.release()
+    def _take_write_lock(self, lock: _LockFile) -> bool:
+        """Take the write lock for one write; False: write without it (see below)."""
+        if self._lock_bypass_until and time.monotonic() < self._lock_bypass_until:
+            return False
+        if lock.acquire():
+            return True
+        if lock.fd is not None:  # held too long: its holder is stuck, or stopped
+            self._lock_bypass_until = time.monotonic() + WRITE_LOCK_BYPASS
+            logger.warning(
+                "webhook log write lock busy for %.1f s; writing without it for %.0f s",
+                WRITE_LOCK_TIMEOUT,
+                WRITE_LOCK_BYPASS,
+            )
+        return False
 
     def _disposed(self, _engine: Engine) -> None:
         self._generation += 1
