@@ -599,7 +599,7 @@ class DeliveryStore:
         return own.dbapi
 
     def _take_write_lock(self, lock: _LockFile) -> bool:
-        """Take the write lock for one write; False: write without it (see below)."""
+        """Take the write lock for one write; False: write without it (``_thread_connection``)."""
         if self._lock_bypass_until and time.monotonic() < self._lock_bypass_until:
             return False
         if lock.acquire():
