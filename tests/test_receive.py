@@ -43,6 +43,16 @@ def post(
     return response
 
 
+def post_chunked(client: FlaskClient, raw: bytes) -> TestResponse:
+    """POST ``raw`` with a valid token as a chunked body: no Content-Length, server-ended."""
+    return client.post(
+        URL,
+        input_stream=io.BytesIO(raw),
+        headers={HEADER: make_token(SECRET), "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
 def record(name: str, *, strict: bool = True) -> list[Event]:
     """Connect a handler for ``name`` that collects the events it receives."""
     seen: list[Event] = []
@@ -163,12 +173,7 @@ def test_body_over_limit_without_content_length(make_app: Callable[..., Flask]) 
     """A chunked body (no Content-Length) is cut off at the limit and refused."""
     raw = json.dumps(bv_body()).encode()
     client = make_app(MAX_BODY=len(raw) - 1).test_client()
-    response = client.post(
-        URL,
-        input_stream=io.BytesIO(raw),
-        headers={HEADER: make_token(SECRET), "Transfer-Encoding": "chunked"},
-        environ_overrides={"wsgi.input_terminated": True},
-    )
+    response = post_chunked(client, raw)
     assert response.status_code == 413
     assert response.get_json()["error"] == "payload_too_large"
 
@@ -176,12 +181,7 @@ def test_body_over_limit_without_content_length(make_app: Callable[..., Flask]) 
 def test_chunked_body_within_limit_is_accepted(make_app: Callable[..., Flask]) -> None:
     raw = json.dumps(bv_body()).encode()
     client = make_app(MAX_BODY=len(raw)).test_client()
-    response = client.post(
-        URL,
-        input_stream=io.BytesIO(raw),
-        headers={HEADER: make_token(SECRET), "Transfer-Encoding": "chunked"},
-        environ_overrides={"wsgi.input_terminated": True},
-    )
+    response = post_chunked(client, raw)
     assert response.status_code == 200
     assert response.get_json()["status"] == "processed"
 
@@ -241,12 +241,7 @@ def test_flask_max_content_length_is_answered_in_json(make_app: Callable[..., Fl
     assert response.status_code == 413
     assert response.get_json()["error"] == "payload_too_large"
     assert "MAX_CONTENT_LENGTH (64 bytes)" in response.get_json()["message"]
-    chunked = app.test_client().post(
-        URL,
-        input_stream=io.BytesIO(raw),
-        headers={HEADER: make_token(SECRET), "Transfer-Encoding": "chunked"},
-        environ_overrides={"wsgi.input_terminated": True},
-    )
+    chunked = post_chunked(app.test_client(), raw)
     assert chunked.status_code == 413
     assert chunked.get_json()["error"] == "payload_too_large"
     app.config["MAX_CONTENT_LENGTH"] = len(raw)
