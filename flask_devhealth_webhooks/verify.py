@@ -63,8 +63,6 @@ _jws = jwt.PyJWS(algorithms=[])
 for _name, _hash in _HASHES.items():
     _jws.register_algorithm(_name, _HMAC(_hash))
 _claims_reader = jwt.PyJWT()
-#: The same algorithms by OpenSSL name, for ``hmac.digest``'s fast one-shot path.
-_DIGESTS: dict[str, str] = {name: hash_().name for name, hash_ in _HASHES.items()}
 
 #: Three unpadded base64url segments: the only token shape the fast path looks at.
 _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
@@ -93,7 +91,14 @@ class Verifier:
         self.secrets = tuple(prepare_secret(secret) for secret in settings.secrets)
         self.algorithms = list(settings.algorithms)
         self._required = tuple(_claim_options(settings)["require"])
-        #: Header segments already found plain -> the hash of their (allowed) algorithm.
+        #: Per allowed algorithm, one keyed HMAC per secret, copied for each token: the copy
+        #: skips hashing the key and looking the digest up by name (OpenSSL 3 fetches it).
+        self._macs = {
+            alg: tuple(hmac.new(secret, digestmod=_HASHES[alg]) for secret in self.secrets)
+            for alg in self.algorithms
+            if alg in _HASHES
+        }
+        #: Header segments already found plain -> their (allowed) algorithm.
         self._headers: dict[str, str] = {}
 
     def verify(self, header_value: str | None, body: bytes) -> tuple[dict[str, Any], int]:
@@ -128,38 +133,41 @@ class Verifier:
         if match is None:
             return None
         head, body, signature = match.groups()
-        digest = self._headers.get(head)
-        if digest is None:
-            digest = self._plain_header(head)
-            if digest is None:
+        alg = self._headers.get(head)
+        if alg is None:
+            alg = self._plain_header(head)
+            if alg is None:
                 return None
-        slot = self._signed_by(f"{head}.{body}".encode("ascii"), signature, digest)
+        slot = self._signed_by(f"{head}.{body}".encode("ascii"), signature, alg)
         if slot is None:
             return None
         if head not in self._headers and len(self._headers) < _HEADER_CACHE_SIZE:
-            self._headers[head] = digest  # only signed headers: junk cannot fill the cache
+            self._headers[head] = alg  # only signed headers: junk cannot fill the cache
         claims = _json_segment(body)
         if type(claims) is not dict or not self._claims_accepted(claims):
             return None
         return claims, slot
 
-    def _signed_by(self, signing_input: bytes, signature: str, digest: str) -> int | None:
+    def _signed_by(self, signing_input: bytes, signature: str, alg: str) -> int | None:
         """The slot of the secret whose HMAC is ``signature``, in its canonical encoding."""
-        for slot, secret in enumerate(self.secrets):
-            expected = _b64encode(hmac.digest(secret, signing_input, digest))
-            if hmac.compare_digest(expected, signature):
+        for slot, keyed in enumerate(self._macs[alg]):
+            mac = keyed.copy()
+            mac.update(signing_input)
+            if hmac.compare_digest(_b64encode(mac.digest()), signature):
                 return slot
         return None
 
     def _plain_header(self, segment: str) -> str | None:
-        """The hash name for a header of only ``alg``/``typ``/``kid`` with an allowed ``alg``."""
+        """The ``alg`` of a header of only ``alg``/``typ``/``kid``, when it is an allowed HMAC."""
         header = _json_segment(segment)
         if type(header) is not dict or not header.keys() <= _PLAIN_HEADER_KEYS:
             return None
         alg = header.get("alg")
-        if alg not in self.algorithms or type(header.get("kid", "")) is not str:
+        if type(alg) is not str or alg not in self._macs:
             return None
-        return _DIGESTS[alg]
+        if type(header.get("kid", "")) is not str:
+            return None
+        return alg
 
     def _claims_accepted(self, claims: dict[str, Any]) -> bool:
         """True when PyJWT (and ``MAX_AGE``) would accept these claims; False to let it judge."""

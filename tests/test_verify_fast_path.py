@@ -103,6 +103,25 @@ def test_platform_shaped_tokens_take_the_fast_path(name: str, key: str) -> None:
     assert fast[0]["sub"] == "develop-health"
 
 
+@pytest.mark.parametrize("key", [SECRET, OLD], ids=["current", "rotated"])
+def test_every_allowed_algorithm_takes_the_fast_path(key: str) -> None:
+    """Each allowed algorithm has its own keyed HMACs, one per secret, in secret order."""
+    for alg in ("HS256", "HS512"):
+        fast = agrees(sign({"exp": now() + 300}, key, alg=alg), settings_for())
+        assert fast is not None, alg
+        assert fast[1] == (0 if key == SECRET else 1)
+
+
+def test_the_keyed_hmacs_are_not_changed_by_use() -> None:
+    """Each token is signed-checked on a copy: the same token verifies again, others still do."""
+    verifier = Verifier(settings_for())
+    token = sign({"exp": now() + 300})
+    for _ in range(3):
+        assert verifier.fast_verify(token) is not None
+    assert verifier.fast_verify(sign({"exp": now() + 300, "n": 1}, OLD)) is not None
+    assert verifier.fast_verify(sign({"exp": now() + 300}, WRONG)) is None
+
+
 def test_the_view_uses_the_fast_path(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """An accepted platform token never reaches PyJWT's decode."""
     import jwt
@@ -154,6 +173,8 @@ def non_canonical_signature(token: str) -> str:
         (sign([1, 2]), False),
         (sign({"exp": now() + 300}, WRONG), False),
         (padded(sign({"exp": now() + 300})), True),
+        (sign({"exp": now() + 300}, header={"alg": ["HS256"]}), False),
+        (sign({"exp": now() + 300}, header={"alg": {"HS256": 1}}), False),
     ],
     ids=[
         "int-kid",
@@ -167,6 +188,8 @@ def non_canonical_signature(token: str) -> str:
         "array-claims",
         "wrong-secret",
         "padded-signature",
+        "list-alg",
+        "object-alg",
     ],
 )
 def test_unusual_tokens_are_left_to_pyjwt(token: str, accepted_by_pyjwt: bool) -> None:
