@@ -7,6 +7,8 @@ database, cannot both run handlers.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import operator
@@ -258,23 +260,31 @@ class _LockFile:
         fd = self.fd
         if fd is None:
             return False
-        deadline = 0.0
-        polls = iter(_LOCK_POLLS)
-        while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return self._wait(fd)
+        except OSError:  # a file system without flock: SQLite's own locking is enough
+            self.close()
+            return False
+
+    def _wait(self, fd: int) -> bool:
+        """Poll for a lock another writer holds, until WRITE_LOCK_TIMEOUT."""
+        deadline = time.monotonic() + WRITE_LOCK_TIMEOUT
+        for pause in itertools.chain(_LOCK_POLLS, itertools.repeat(_LOCK_POLLS[-1])):
+            time.sleep(pause)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return True
             except BlockingIOError:
                 pass
-            except OSError:  # a file system without flock: SQLite's own locking is enough
+            except OSError:
                 self.close()
                 return False
-            now = time.monotonic()
-            if not deadline:  # the clock is read only once the lock turns out to be busy
-                deadline = now + WRITE_LOCK_TIMEOUT
-            elif now >= deadline:
+            if time.monotonic() >= deadline:
                 return False
-            time.sleep(next(polls, _LOCK_POLLS[-1]))
+        return False  # pragma: no cover - the pauses never run out
 
     def release(self) -> None:
         if self.fd is not None:
@@ -343,6 +353,18 @@ def make_fernet(keys: Sequence[str]) -> Any:
             "DEVHEALTH_WEBHOOKS_ENCRYPTION_KEYS must hold Fernet keys "
             "(cryptography.fernet.Fernet.generate_key())."
         ) from exc
+
+
+def _handlers_json(succeeded: Sequence[str]) -> str:
+    """The ``succeeded_handlers`` column: the sorted, distinct handler keys as a JSON list."""
+    return _encode_handlers(tuple(sorted(set(succeeded))))
+
+
+@functools.lru_cache(maxsize=256)
+def _encode_handlers(keys: tuple[str, ...]) -> str:
+    # Cached: deliveries of one event succeed with the same handlers, and encoding the list
+    # cost more than the rest of building the finish statement.
+    return json.dumps(list(keys))
 
 
 def _clip(value: Any, limit: int = 255) -> str | None:
@@ -736,7 +758,7 @@ class DeliveryStore:
         values = {
             "match_delivery_id": delivery_id,
             "match_attempts": attempt,
-            "succeeded_handlers": json.dumps(sorted(set(succeeded))),
+            "succeeded_handlers": _handlers_json(succeeded),
         }
         if self._direct:
             return self._write_direct(self._direct["progress"], values) == 1
@@ -759,7 +781,7 @@ class DeliveryStore:
         """
         values: dict[str, Any] = {
             "state": state,
-            "succeeded_handlers": json.dumps(sorted(set(succeeded))),
+            "succeeded_handlers": _handlers_json(succeeded),
             "lease_expires_at": None,
             "last_error": None if error is None else error[: ERROR_LIMIT * 2],
         }
