@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -120,6 +121,23 @@ def test_the_keyed_hmacs_are_not_changed_by_use() -> None:
         assert verifier.fast_verify(token) is not None
     assert verifier.fast_verify(sign({"exp": now() + 300, "n": 1}, OLD)) is not None
     assert verifier.fast_verify(sign({"exp": now() + 300}, WRONG)) is None
+
+
+def test_threads_share_one_verifier() -> None:
+    """gthread workers verify on one Verifier at once: each token still gets its own slot."""
+    verifier = Verifier(settings_for())
+    tokens = [(sign({"exp": now() + 300, "n": i}, (SECRET, OLD)[i % 2]), i % 2) for i in range(400)]
+
+    def check(chunk: list[tuple[str, int]]) -> list[bool]:
+        return [
+            (found := verifier.fast_verify(token)) is not None and found[1] == slot
+            for token, slot in chunk
+        ]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = [ok for part in pool.map(check, [tokens[i::8] for i in range(8)]) for ok in part]
+    assert len(results) == 400
+    assert all(results)
 
 
 def test_the_view_uses_the_fast_path(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
