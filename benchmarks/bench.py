@@ -79,6 +79,12 @@ NOTES = """## What is compared
   index is partial (failed and dead-lettered deliveries), which a delivery that succeeds never
   touches (under strace, 8.2 against 8.1 WAL writes per delivery; 14.9 with the full indexes
   on state and first-received time it had before).
+- From 10 KB up the extension costs more than the hand-written app because it checks more:
+  a body with more than 64 brackets is walked to refuse nesting deeper than 64 levels, and
+  every body is scanned for unpaired surrogate escapes and numbers too large for a float. The
+  hand-written app has none of these (`json.loads` raises `RecursionError`, a 500, at about
+  1,000 levels). On a 100 KB body `parse_json` takes 979 µs against 589 µs for `json.loads`
+  (timeit). The platform's own bodies (0.4-2.3 KB, at most 24 brackets) never reach the walk.
 """
 LOG_SIZES = (1_000, 100_000, 1_000_000)
 
