@@ -491,6 +491,13 @@ class DeliveryStore:
         self._lock: threading.RLock | None = threading.RLock() if memory else None
         self._direct: dict[str, _DirectStatement] = {}
         self._own: _ThreadConnection | None = None
+        # PostgreSQL runs each single-statement write in autocommit: the statement is its own
+        # transaction, as durable at return, without the BEGIN and COMMIT round trips.
+        self._single: Engine = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._dialect == "postgresql"
+            else engine
+        )
         self._generation = 0
         self._lock_bypass_until = 0.0
         if self._dialect == "sqlite":
@@ -540,6 +547,18 @@ class DeliveryStore:
         else:
             with self._lock, self.engine.begin() as conn:
                 yield conn
+
+    @contextmanager
+    def _write_one(self) -> Iterator[Connection]:
+        """A connection for one write statement: autocommit where that is one transaction."""
+        if self._single is self.engine:
+            with self._begin() as conn:
+                yield conn
+            return
+        if not self._ready:
+            self.create_table()
+        with self._single.connect() as conn:
+            yield conn
 
     def create_table(self) -> None:
         """Create the table if it does not exist (safe when several workers race to it)."""
@@ -689,7 +708,7 @@ class DeliveryStore:
             if self._direct:
                 inserted = self._write_direct(self._direct["claim"], values) == 1
             else:
-                with self._begin() as conn:
+                with self._write_one() as conn:
                     inserted = self._insert_ignoring_conflict(conn, values)
             if inserted:
                 return Claim("new")
@@ -762,7 +781,7 @@ class DeliveryStore:
         }
         if self._direct:
             return self._write_direct(self._direct["progress"], values) == 1
-        with self._begin() as conn:
+        with self._write_one() as conn:
             return bool(conn.execute(_UPDATE_DELIVERY, values).rowcount == 1)
 
     def finish(
@@ -792,7 +811,7 @@ class DeliveryStore:
         if self._direct:
             direct = self._direct["finish_done" if "processed_at" in values else "finish"]
             return self._write_direct(direct, values) == 1
-        with self._begin() as conn:
+        with self._write_one() as conn:
             return bool(conn.execute(_UPDATE_DELIVERY, values).rowcount == 1)
 
     # -- reading, replay and purge --------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import SECRET, build_app
+from conftest import PG_SKIP_REASON, SECRET, build_app, postgres_url, reset_postgres
 from flask import Flask
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -902,3 +902,51 @@ def test_a_missing_database_driver_is_a_configuration_error(
     monkeypatch.setattr(builtins, "__import__", no_psycopg)
     with pytest.raises(ConfigurationError, match=r"\[postgres\]"):
         make_app(DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test")
+
+
+def test_postgresql_runs_each_single_statement_write_in_autocommit(tmp_path: Path) -> None:
+    """Claim, progress and finish are one statement each, so they skip the BEGIN and COMMIT
+    round trips; a takeover reads and writes in one transaction, so it keeps it."""
+    url = postgres_url()
+    if url is None:
+        pytest.skip(PG_SKIP_REASON)
+    reset_postgres(url)
+    app = build_app(tmp_path, DATABASE_URL=url)
+    engine = get_state(app).store.engine
+    calls: list[int] = []
+
+    @on(BV)
+    def first(event: Event) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first try fails")
+
+    @on(BV)
+    def second(event: Event) -> None:
+        pass
+
+    writes: list[tuple[str, bool]] = []
+
+    def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        verb = statement.lstrip().split(None, 1)[0].upper()
+        if verb in ("INSERT", "UPDATE"):
+            writes.append((verb, conn.connection.dbapi_connection.autocommit))
+
+    client = app.test_client()
+    payload = sample_payload(BV)
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        answers = [send_webhook(client, payload).status_code for _ in range(2)]
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+        engine.dispose()
+
+    assert answers == [500, 200]
+    assert writes == [
+        ("INSERT", True),  # claim
+        ("UPDATE", True),  # finish: failed
+        ("INSERT", True),  # the resend's claim, which conflicts
+        ("UPDATE", False),  # takeover, in a transaction with its read
+        ("UPDATE", True),  # progress: the first handler succeeded
+        ("UPDATE", True),  # finish: processed
+    ]
