@@ -674,8 +674,9 @@ def test_timestamps_written_directly_read_back_unchanged(tmp_path: Path) -> None
 # -- payload policy ------------------------------------------------------------------------
 
 
-def test_store_payloads_false_keeps_metadata_only(durable: Callable[..., Flask]) -> None:
-    app = durable(STORE_PAYLOADS=False)
+def fails_the_first_time() -> list[int]:
+    """Register a benefit verification handler that raises on its first call only; the list
+    counts its calls."""
     calls: list[int] = []
 
     @on(BV)
@@ -683,6 +684,13 @@ def test_store_payloads_false_keeps_metadata_only(durable: Callable[..., Flask])
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("first try fails")
+
+    return calls
+
+
+def test_store_payloads_false_keeps_metadata_only(durable: Callable[..., Flask]) -> None:
+    app = durable(STORE_PAYLOADS=False)
+    calls = fails_the_first_time()
 
     client = app.test_client()
     payload = sample_payload(BV, status="failed")
@@ -913,13 +921,7 @@ def test_postgresql_runs_each_single_statement_write_in_autocommit(tmp_path: Pat
     reset_postgres(url)
     app = build_app(tmp_path, DATABASE_URL=url)
     engine = get_state(app).store.engine
-    calls: list[int] = []
-
-    @on(BV)
-    def first(event: Event) -> None:
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("first try fails")
+    fails_the_first_time()
 
     @on(BV)
     def second(event: Event) -> None:
