@@ -68,6 +68,8 @@ _claims_reader = jwt.PyJWT()
 _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 #: Header parameters the fast path understands; PyJWT handles any other (``crit``, ``b64``...).
 _PLAIN_HEADER_KEYS = frozenset({"alg", "typ", "kid"})
+#: Claims that must be strings when present, as ``jwt.decode`` requires (PyJWT 2.10 and later).
+_STRING_CLAIMS = ("sub", "jti")
 #: Distinct header segments remembered per app (the platform sends one); beyond it, re-parse.
 _HEADER_CACHE_SIZE = 8
 
@@ -175,6 +177,9 @@ class Verifier:
         for name in self._required:
             if claims.get(name) is None:
                 return False
+        for name in _STRING_CLAIMS:
+            if name in claims and type(claims[name]) is not str:
+                return False
         now = time.time()
         leeway = settings.leeway
         for name in ("iat", "nbf", "exp"):
@@ -236,6 +241,8 @@ def _b64decode(segment: str) -> bytes | None:
 def extract_token(value: str | None) -> str:
     """Return the bare token from a header value: trimmed, an optional ``Bearer `` removed."""
     token = (value or "").strip()
+    if not token.isascii():  # a JWT is base64url and dots; PyJWT would fail to encode this
+        raise TokenError("The token is not a well-formed JWT.", code="malformed_token")
     parts = token.split(None, 1)
     if parts and parts[0].lower() == "bearer":
         token = parts[1] if len(parts) > 1 else ""
@@ -316,6 +323,10 @@ def _check_claims(token: str, settings: Settings) -> dict[str, Any]:
         raise TokenError("The token is not valid yet.", code="token_not_yet_valid") from exc
     except jwt.InvalidTokenError as exc:
         raise TokenError(_claim_message(exc), code="invalid_claims") from exc
+    # PyJWT skips these checks when it is not verifying the signature, as here.
+    for name in _STRING_CLAIMS:
+        if name in claims and not isinstance(claims[name], str):
+            raise TokenError(f"The token's {name!r} claim must be a string.", code="invalid_claims")
     if settings.max_age is not None:
         iat = claims["iat"]
         if isinstance(iat, bool) or not isinstance(iat, (int, float)):

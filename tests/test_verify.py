@@ -417,6 +417,27 @@ def test_verify_token_is_usable_without_a_request(app: Flask) -> None:
     assert SECRET not in str(info.value)
 
 
+@pytest.mark.parametrize("token", ["\ud800.a.b", "é.a.b", "a.b.c\u00a0", "eyJ\u2028.e30.x"])
+def test_verify_token_refuses_a_token_that_is_not_ascii(app: Flask, token: str) -> None:
+    """Only the API can pass one (WSGI headers arrive as Latin-1): it must not escape as a
+    UnicodeEncodeError from PyJWT."""
+    with pytest.raises(TokenError) as info:
+        verify_token(token, b"{}", get_state(app).settings)
+    assert info.value.code == "malformed_token"
+
+
+@pytest.mark.parametrize(("name", "value"), [("sub", 123), ("sub", None), ("jti", ["a"])])
+def test_a_subject_or_token_id_that_is_not_a_string_is_refused(
+    client: FlaskClient, name: str, value: Any
+) -> None:
+    response = post(client, sign(fresh(**{name: value})))
+    assert response.status_code == 401
+    assert response.get_json() == {
+        "error": "invalid_claims",
+        "message": f"The token's {name!r} claim must be a string.",
+    }
+
+
 # -- keys are checked once, at registration -------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import jwt
 import pytest
 from conftest import SECRET
 from flask import Flask
@@ -216,8 +217,32 @@ def test_unusual_tokens_are_left_to_pyjwt(token: str, accepted_by_pyjwt: bool) -
     assert (reference(token, config) is not None) is accepted_by_pyjwt
 
 
-@pytest.mark.parametrize("claims", [{"sub": 12}, {"jti": ["a"]}, {"iss": 5}, {"aud": 1}])
+@pytest.mark.parametrize("claims", [{"iss": 5}, {"aud": 1}])
 def test_claims_pyjwt_does_not_check_here_are_accepted_by_both(claims: dict[str, Any]) -> None:
+    """No ISSUER or AUDIENCE is configured, so neither claim is looked at."""
+    assert agrees(sign(claims), settings_for()) == (claims, 0)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"sub": 12}, {"sub": None}, {"jti": ["a"]}, {"jti": {"a": 1}}, {"sub": "a", "jti": 7}],
+)
+def test_claims_that_must_be_strings_are_refused_like_jwt_decode_refuses_them(
+    claims: dict[str, Any],
+) -> None:
+    """``jwt.decode`` refuses a non-string ``sub`` or ``jti``; so does the extension, by name."""
+    token = sign({"exp": now() + 300, **claims})
+    config = settings_for()
+    assert Verifier(config).fast_verify(token) is None
+    with pytest.raises(TokenError, match="claim must be a string") as refused:
+        _check_claims(token, config)
+    assert refused.value.code == "invalid_claims"
+    with pytest.raises(jwt.InvalidTokenError):
+        jwt.decode(token, SECRET, algorithms=["HS256"])
+
+
+def test_string_sub_and_jti_keep_the_fast_path() -> None:
+    claims = {"exp": now() + 300, "sub": "develop-health", "jti": "j-1"}
     assert agrees(sign(claims), settings_for()) == (claims, 0)
 
 
