@@ -284,9 +284,13 @@ def replay_command(
     for delivery_id, outcome in results.items():
         hint = "  (already finished; --force reruns it)" if outcome == "duplicate" else ""
         click.echo(f"{loggable(delivery_id)}  {outcome}{hint}")
-    fine = ("processed", "ignored", "duplicate")  # dead_letter: a handler gave up again
-    bad = [d for d, o in results.items() if o not in fine]
-    click.echo(f"{len(results) - len(bad)} replayed, {len(bad)} not processed.")
+    fine = ("processed", "ignored")  # dead_letter: a handler gave up again
+    finished = [d for d, o in results.items() if o == "duplicate"]
+    bad = [d for d, o in results.items() if o not in fine and o != "duplicate"]
+    summary = f"{len(results) - len(bad) - len(finished)} replayed, "
+    if finished:
+        summary += f"{len(finished)} already finished (nothing ran), "
+    click.echo(summary + f"{len(bad)} not processed.")
     if bad:
         raise SystemExit(1)
 

@@ -591,6 +591,8 @@ def test_replay_force_reruns_every_handler(
 
     assert calls_after_plain == {"crm": 1, "ledger": 1}  # already processed: nothing reran
     assert "duplicate" in plain.output
+    assert plain.exit_code == 0, plain.output
+    assert "0 replayed, 1 already finished (nothing ran), 0 not processed." in plain.output
     assert forced.exit_code == 0, forced.output
     assert handlers.calls == {"crm": 2, "ledger": 2}
     delivery = row(app, payload["event_id"])
