@@ -90,6 +90,14 @@ def durable(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Flask]]
         get_state(app).store.engine.dispose()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test that runs on PostgreSQL, so ``-m postgres`` and ``-m 'not postgres'`` work."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "postgres" in callspec.params.values():
+            item.add_marker(pytest.mark.postgres)
+
+
 def postgres_url() -> str | None:
     return os.environ.get(PG_ENV) or None
 

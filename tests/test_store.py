@@ -912,6 +912,7 @@ def test_a_missing_database_driver_is_a_configuration_error(
         make_app(DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test")
 
 
+@pytest.mark.postgres
 def test_postgresql_runs_each_single_statement_write_in_autocommit(tmp_path: Path) -> None:
     """Claim, progress and finish are one statement each, so they skip the BEGIN and COMMIT
     round trips; a takeover reads and writes in one transaction, so it keeps it."""
