@@ -8,7 +8,6 @@ database, cannot both run handlers.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import logging
 import operator
@@ -260,31 +259,23 @@ class _LockFile:
         fd = self.fd
         if fd is None:
             return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return self._wait(fd)
-        except OSError:  # a file system without flock: SQLite's own locking is enough
-            self.close()
-            return False
-
-    def _wait(self, fd: int) -> bool:
-        """Poll for a lock another writer holds, until WRITE_LOCK_TIMEOUT."""
-        deadline = time.monotonic() + WRITE_LOCK_TIMEOUT
-        for pause in itertools.chain(_LOCK_POLLS, itertools.repeat(_LOCK_POLLS[-1])):
-            time.sleep(pause)
+        deadline = 0.0
+        polls = iter(_LOCK_POLLS)
+        while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return True
             except BlockingIOError:
                 pass
-            except OSError:
+            except OSError:  # a file system without flock: SQLite's own locking is enough
                 self.close()
                 return False
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if not deadline:  # the clock is read only once the lock turns out to be busy
+                deadline = now + WRITE_LOCK_TIMEOUT
+            elif now >= deadline:
                 return False
-        return False  # pragma: no cover - the pauses never run out
+            time.sleep(next(polls, _LOCK_POLLS[-1]))
 
     def release(self) -> None:
         if self.fd is not None:
