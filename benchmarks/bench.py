@@ -470,9 +470,7 @@ def run(args: argparse.Namespace) -> str:
     labels = {v.key: v.label for v in variants}
     if not args.no_scaling:
         scaled = [v for v in variants if v.key in ("floor", "handwritten", "default")]
-        floor_v, hand_v, default_v = (
-            next(v for v in scaled if v.key == k) for k in ("floor", "handwritten", "default")
-        )
+        by_key = {v.key: v for v in scaled}
         rows = []
         for size in BODY_SIZES:
             body_factory = DeliveryFactory(grown_body(size))
@@ -486,8 +484,8 @@ def run(args: argparse.Namespace) -> str:
                 s = Summary.of(v.times)
                 body_results.setdefault(v.key, []).append((body_factory.size, s))
                 cells.append(f"{fmt_us(s.median)} ({fmt_us(s.p10)} - {fmt_us(s.p90)})")
-            cells.append(str(Paired.of(default_v, hand_v)))
-            cells.append(str(Paired.of(default_v, floor_v)))
+            cells.append(str(Paired.of(by_key["default"], by_key["handwritten"])))
+            cells.append(str(Paired.of(by_key["default"], by_key["floor"])))
             rows.append(cells)
         body_table = markdown_table(
             ("body bytes", *(f"{v.label} µs" for v in scaled), "default x hand", "default x floor"),
