@@ -33,6 +33,7 @@ from .exceptions import (
     DeliveryNotFound,
     InvalidJSON,
     InvalidPayload,
+    MethodNotAllowed,
     PayloadTooLarge,
     PermanentFailure,
     RetryLater,
@@ -94,7 +95,7 @@ def get_state(app: Flask | None = None) -> State:
     return state
 
 
-@blueprint.post("")
+@blueprint.post("", provide_automatic_options=False)
 def receive() -> Response:
     """Verify, validate, record and dispatch one delivery; answer in JSON."""
     started = time.perf_counter()
@@ -115,6 +116,29 @@ def receive() -> Response:
         outcome = _storage_unavailable(exc)
     _log_outcome(outcome, event, slot, started)
     return _reply(app, outcome.body, outcome.status_code, outcome.headers)
+
+
+#: Answered here in JSON rather than by Flask's HTML 405 page (a blueprint's error handlers
+#: never see a routing error). HEAD follows GET.
+OTHER_METHODS = ["GET", "PUT", "PATCH", "DELETE", "OPTIONS"]
+ALLOW = "OPTIONS, POST"
+
+
+@blueprint.route("", methods=OTHER_METHODS, provide_automatic_options=False)
+def other_methods() -> Response:
+    """Refuse anything but POST in JSON, before reading the body or token; OPTIONS says POST.
+
+    Flask's own OPTIONS answer would list this rule's methods too, so it is answered here.
+    """
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if request.method == "OPTIONS":
+        response: Response = app.response_class(status=204, headers={"Allow": ALLOW})
+        del response.headers["Content-Type"]
+        return response
+    exc = MethodNotAllowed(f"This URL accepts only POST, not {request.method}.")
+    response = _reject(app, exc, time.perf_counter())
+    response.headers["Allow"] = ALLOW
+    return response
 
 
 # -- the steps --------------------------------------------------------------------------

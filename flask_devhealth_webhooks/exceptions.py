@@ -28,6 +28,13 @@ class WebhookRejected(WebhookError):
             self.code = code
 
 
+class MethodNotAllowed(WebhookRejected):
+    """The callback URL was called with a method other than POST."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
 class PayloadTooLarge(WebhookRejected):
     """The body is larger than ``DEVHEALTH_WEBHOOKS_MAX_BODY``."""
 

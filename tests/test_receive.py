@@ -701,11 +701,47 @@ def test_blueprint_contract() -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
-def test_other_methods_get_405(client: FlaskClient, method: str) -> None:
+def test_other_methods_get_a_json_405(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture, method: str
+) -> None:
+    """Not Flask's HTML page: a JSON 405 naming the method, with Allow, and no handler run."""
     seen = record("*")
-    response = client.open(URL, method=method, headers={HEADER: make_token(SECRET)})
+    body = json.dumps(bv_body()).encode()
+    with caplog.at_level("INFO"):
+        response = client.open(URL, method=method, data=body, headers={HEADER: make_token(SECRET)})
     assert response.status_code == 405
+    assert response.get_json() == {
+        "error": "method_not_allowed",
+        "message": f"This URL accepts only POST, not {method}.",
+    }
+    assert response.headers["Allow"] == "OPTIONS, POST"
     assert seen == []
+    assert "webhook rejected reason=method_not_allowed status=405" in caplog.text
+
+
+def test_head_gets_a_405_without_a_body(client: FlaskClient) -> None:
+    response = client.head(URL)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "OPTIONS, POST"
+    assert response.data == b""
+
+
+def test_options_lists_only_post(client: FlaskClient) -> None:
+    """Flask's automatic answer would list the 405 rule's methods as allowed too."""
+    response = client.options(URL)
+    assert response.status_code == 204
+    assert response.headers["Allow"] == "OPTIONS, POST"
+    assert response.data == b""
+
+
+def test_the_405_follows_a_moved_route() -> None:
+    app = Flask("prefixed")
+    app.config["DEVHEALTH_WEBHOOKS_SECRET"] = SECRET
+    app.config["DEVHEALTH_WEBHOOKS_DATABASE_URL"] = "sqlite://"
+    app.register_blueprint(blueprint, url_prefix="/hooks/dh")
+    response = app.test_client().get("/hooks/dh")
+    assert response.status_code == 405
+    assert response.get_json()["error"] == "method_not_allowed"
 
 
 def test_sample_body_with_unicode_is_accepted(client: FlaskClient) -> None:
