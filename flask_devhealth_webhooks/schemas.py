@@ -10,7 +10,8 @@ The vendor adds fields and enum values over time, so:
 * unknown keys are kept at every level (``unknown = INCLUDE``);
 * enum-like values (``status``, ``coverage``, ``gender``, activity ``type``, ...) are plain
   strings, never ``OneOf``;
-* every field except ``data.id`` and ``data.object`` is optional and accepts ``null``.
+* every field except ``data.id`` and ``data.object`` (non-empty strings) is optional and
+  accepts ``null``.
 
 Types are still checked: a string field given a number, a list given an object, an object given
 a string... are errors. Dates load as :class:`datetime.date`; datetimes load as timezone-aware
@@ -120,6 +121,23 @@ class _String(fields.String):
         if isinstance(value, str):
             return str(value)
         raise self.make_error("invalid")
+
+
+class _Key(_String):
+    """A non-empty ``str``: ``data.id`` and ``data.object`` name the resource, so ``""`` cannot."""
+
+    default_error_messages = {"empty": "Must not be empty."}
+
+    def deserialize(
+        self,
+        value: Any,
+        attr: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if value == "":
+            raise self.make_error("empty")
+        return super().deserialize(value, attr, data, **kwargs)
 
 
 class _Integer(fields.Integer):
@@ -553,8 +571,8 @@ class InsuranceSchema(FastSchema):
 class ResourceSchema(FastSchema):
     """Any ``data`` resource: what every ``data.object`` has. Used for unknown objects."""
 
-    id = _String(required=True)
-    object = _String(required=True)
+    id = _Key(required=True)
+    object = _Key(required=True)
     status = _text()
 
 

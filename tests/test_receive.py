@@ -429,6 +429,10 @@ def _without_id(body: dict[str, Any]) -> None:
     del body["data"]["id"]
 
 
+def _empty_id(body: dict[str, Any]) -> None:
+    body["data"]["id"] = ""
+
+
 def _without_object(body: dict[str, Any]) -> None:
     del body["data"]["object"]
 
@@ -472,6 +476,7 @@ def _dob_bad(body: dict[str, Any]) -> None:
         (_without_data, "data"),
         (_data_string, "data"),
         (_without_id, "data.id"),
+        (_empty_id, "data.id"),
         (_without_object, "data.object"),
         (_quantity_string, "data.drugs.0.quantity"),
         (_name_number, "data.patient.first_name"),
