@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 States = Literal["processing", "processed", "failed", "ignored", "dead_letter"]
 FINISHED = ("processed", "ignored", "dead_letter")
+#: Rows ``purge`` deletes per transaction.
+PURGE_BATCH = 2000
 #: The states an operator looks for (``log --state failed``, ``replay --failed``). Only they
 #: are indexed: an index every delivery passes through would cost each commit another WAL page.
 ATTENTION = ("failed", "dead_letter")
@@ -876,24 +878,40 @@ class DeliveryStore:
                 ) from exc
         return data
 
-    def purge(self, older_than: timedelta, *, payloads_only: bool = False) -> int:
+    def purge(
+        self, older_than: timedelta, *, payloads_only: bool = False, batch: int = PURGE_BATCH
+    ) -> int:
         """Delete finished deliveries (or only their payloads) first received before the cutoff.
 
-        Deliveries still ``processing`` or ``failed`` are kept: they may yet need a replay.
+        Deliveries still ``processing`` or ``failed`` are kept: they may yet need a replay. Rows
+        go ``batch`` at a time, each batch its own transaction, so deliveries arriving meanwhile
+        wait for one batch (milliseconds) rather than for the whole purge (seconds per 100,000
+        rows on SQLite), which could outlast their busy timeout and the server's.
         """
         cutoff = utcnow() - older_than
         where = sa.and_(c.first_received_at < cutoff, c.state.in_(FINISHED))
-        with self._begin() as conn:
-            stmt: sa.Update | sa.Delete
-            if payloads_only:
-                stmt = (
-                    deliveries.update()
-                    .where(where, c.payload.is_not(None))
-                    .values(payload=None, payload_encrypted=False)
-                )
-            else:
-                stmt = deliveries.delete().where(where)
-            return int(conn.execute(stmt).rowcount)
+        if payloads_only:
+            where = sa.and_(where, c.payload.is_not(None))
+        done, after = 0, 0
+        while True:
+            # Walk the primary key: each row is looked at once, however many batches there are.
+            upto = sa.select(c.id).where(where, c.id > after).order_by(c.id).limit(batch).subquery()
+            with self._begin() as conn:
+                last = conn.execute(sa.select(sa.func.max(upto.c.id))).scalar()
+                if last is None:
+                    return done
+                in_batch = sa.and_(where, c.id > after, c.id <= last)
+                stmt: sa.Update | sa.Delete
+                if payloads_only:
+                    stmt = (
+                        deliveries.update()
+                        .where(in_batch)
+                        .values(payload=None, payload_encrypted=False)
+                    )
+                else:
+                    stmt = deliveries.delete().where(in_batch)
+                done += int(conn.execute(stmt).rowcount)
+            after = last
 
     def count(self, state: str | None = None) -> int:
         """How many deliveries are logged (in ``state`` when given)."""
