@@ -126,7 +126,10 @@ def delivery_id_for(body: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Event:
-    """One verified, schema-loaded delivery as handed to handlers; attributes are read-only."""
+    """One verified, schema-loaded delivery as handed to handlers; attributes are read-only.
+
+    ``data``, ``payload`` and ``claims`` are plain dicts shared by all of the delivery's handlers.
+    """
 
     name: str
     event_type: str | None
