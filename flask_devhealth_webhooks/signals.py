@@ -10,11 +10,12 @@ import logging
 import weakref
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from inspect import iscoroutinefunction
 from typing import Any, TypeVar
 
 from blinker import NamedSignal, Namespace, Signal
 
-from .events import ANY, CATALOGUE, Event, canonical_name, closest_names
+from .events import ANY, CATALOGUE, Event, canonical_name, closest_names, loggable
 
 #: Event signals, by canonical name (or uncatalogued vendor name); nothing else lives here, so
 #: no ``event_type`` a sender chooses can reach a lifecycle signal or the catch-all.
@@ -97,10 +98,15 @@ def on(name: str, *, strict: bool = True) -> Callable[[F], F]:
 
 def handler_key(event_name: str, fn: Callable[..., Any]) -> str:
     """A stable name for one handler of one event, as recorded in the delivery log."""
+    return f"{event_name}:{qualified_name(fn)}"
+
+
+def qualified_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of a function, a callable object, or what a partial wraps."""
     fn = getattr(fn, "func", fn)  # functools.partial: name the function it wraps
     module = getattr(fn, "__module__", None) or type(fn).__module__
     qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{event_name}:{module}.{qualname}"
+    return f"{module}.{qualname}"
 
 
 @dataclass(frozen=True)
@@ -115,18 +121,23 @@ def notify(signal: Signal, app: Any, **data: Any) -> None:
     """Send a lifecycle signal; a receiver that raises is logged, never turned into a 500.
 
     The request's answer must stay JSON and the delivery's bookkeeping must go on whatever an
-    observer does.
+    observer does. Each receiver is called here rather than by ``signal.send``, which stops at
+    the first that raises: one observer's bug must not silence the others.
     """
-    if not signal.receivers:
+    if not signal.receivers or signal.is_muted:
         return
-    try:
-        signal.send(app, **data)
-    except Exception as exc:  # an observer's bug must not lose or alter the delivery
-        logger.error(
-            "webhook signal receiver failed signal=%s exception=%s",
-            signal.name if isinstance(signal, NamedSignal) else "?",
-            type(exc).__name__,
-        )
+    for receiver in _in_order(signal, app):
+        try:
+            if iscoroutinefunction(receiver):
+                raise TypeError("lifecycle signals are sent synchronously")  # as send() would
+            receiver(app, **data)
+        except Exception as exc:  # an observer's bug must not lose or alter the delivery
+            logger.error(
+                "webhook signal receiver failed signal=%s receiver=%s exception=%s",
+                signal.name if isinstance(signal, NamedSignal) else "?",
+                loggable(qualified_name(receiver)),
+                type(exc).__name__,
+            )
 
 
 def _in_order(signal: Signal, sender: Any) -> list[Callable[..., Any]]:

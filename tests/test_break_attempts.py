@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_devhealth_webhooks import Event, get_state, on
-from flask_devhealth_webhooks.signals import webhook_received, webhook_rejected
+from flask_devhealth_webhooks.signals import webhook_processed, webhook_received, webhook_rejected
 from flask_devhealth_webhooks.testing import make_token, sample_payload, send_webhook
 
 URL = "/webhooks/devhealth"
@@ -180,5 +180,61 @@ def test_a_raising_lifecycle_receiver_does_not_break_the_answer(
     assert len(ran) == 1
     assert rejected.status_code == 401
     assert rejected.json["error"] == "invalid_signature"
-    assert "signal receiver failed signal=webhook-received exception=ValueError" in caplog.text
+    assert (
+        "signal receiver failed signal=webhook-received receiver="
+        f"{__name__}.test_a_raising_lifecycle_receiver_does_not_break_the_answer.<locals>.broken"
+        " exception=ValueError"
+    ) in caplog.text
     assert "observer bug" not in caplog.text
+
+
+def test_a_raising_lifecycle_receiver_does_not_silence_the_next(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """blinker's send() stops at the first receiver that raises; every observer must hear."""
+    heard: list[str] = []
+
+    def first(sender: Any, **kwargs: Any) -> None:
+        heard.append("first")
+        raise ValueError("observer bug")
+
+    def second(sender: Any, **kwargs: Any) -> None:
+        heard.append("second")
+
+    with webhook_processed.connected_to(first), webhook_processed.connected_to(second):
+        answer = send_webhook(client, sample_payload("benefit_verification.updated"))
+    assert answer.status_code == 200
+    assert heard == ["first", "second"]
+    assert "receiver failed signal=webhook-processed" in caplog.text
+
+
+def test_a_coroutine_lifecycle_receiver_is_refused_and_logged(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lifecycle signals are sent synchronously: an async receiver is logged, not left
+    as a coroutine that never runs."""
+    heard: list[str] = []
+
+    async def observer(sender: Any, **kwargs: Any) -> None:
+        heard.append("async")  # pragma: no cover - never awaited
+
+    def after(sender: Any, **kwargs: Any) -> None:
+        heard.append("after")
+
+    with webhook_processed.connected_to(observer), webhook_processed.connected_to(after):
+        answer = send_webhook(client, sample_payload("benefit_verification.updated"))
+    assert answer.status_code == 200
+    assert heard == ["after"]
+    assert "exception=TypeError" in caplog.text
+
+
+def test_a_muted_lifecycle_signal_calls_no_receiver(client: FlaskClient) -> None:
+    heard: list[str] = []
+
+    def observer(sender: Any, **kwargs: Any) -> None:
+        heard.append("heard")
+
+    with webhook_processed.connected_to(observer), webhook_processed.muted():
+        answer = send_webhook(client, sample_payload("benefit_verification.updated"))
+    assert answer.status_code == 200
+    assert heard == []
