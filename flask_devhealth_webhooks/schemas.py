@@ -265,7 +265,10 @@ class _DateTime(fields.AwareDateTime):
     """An ISO 8601 datetime string, loaded as an aware :class:`datetime.datetime`; a value
     without an offset is taken as UTC."""
 
-    default_error_messages = {"invalid": "Not a valid datetime."}
+    default_error_messages = {
+        "invalid": "Not a valid datetime.",
+        "range": "Out of range once converted to UTC.",
+    }
 
     def deserialize(
         self,
@@ -281,6 +284,13 @@ class _DateTime(fields.AwareDateTime):
                 raise self.make_error("invalid") from None
             if parsed.tzinfo is None or parsed.utcoffset() is None:
                 return parsed.replace(tzinfo=UTC)
+            # 9999-12-31T23:59-01:00 is past datetime.max in UTC: a handler's astimezone()
+            # would raise on every retry. Offsets are under a day, so only these years can.
+            if parsed.year in (1, 9999):
+                try:
+                    parsed.astimezone(UTC)
+                except OverflowError:
+                    raise self.make_error("range") from None
             return parsed
         if value is None or value is missing:
             return _absent(self, value)

@@ -458,6 +458,10 @@ def _bad_occurred_at(body: dict[str, Any]) -> None:
     body["occurred_at"] = SENTINEL
 
 
+def _occurred_at_past_utc_range(body: dict[str, Any]) -> None:
+    body["occurred_at"] = "9999-12-31T23:59:59-23:59"
+
+
 def _event_type_number(body: dict[str, Any]) -> None:
     body["event_type"] = 4242424242
 
@@ -483,6 +487,7 @@ def _dob_bad(body: dict[str, Any]) -> None:
         (_wrong_object, "data.object"),
         (_no_event_name, "event_type"),
         (_bad_occurred_at, "occurred_at"),
+        (_occurred_at_past_utc_range, "occurred_at"),
         (_event_type_number, "event_type"),
         (_drugs_object, "data.drugs"),
         (_dob_bad, "data.patient.date_of_birth"),

@@ -162,6 +162,29 @@ def test_an_explicit_offset_is_kept() -> None:
     assert occurred_at == dt.datetime(2026, 7, 29, 18, 12, 4, tzinfo=UTC)
 
 
+@pytest.mark.parametrize(
+    "text", ["9999-12-31T23:59:59-23:59", "9999-12-31T23:00:00-01:00", "0001-01-01T00:00:00+14:00"]
+)
+def test_a_datetime_past_the_range_in_utc_is_rejected(text: str) -> None:
+    """Its handlers' ``astimezone(timezone.utc)`` would raise OverflowError on every retry."""
+    raw = body(BV_FAILED)
+    raw["occurred_at"] = text
+    assert errors_of(raw) == {"occurred_at": ["Out of range once converted to UTC."]}
+    raw = body(PA_APPROVED)
+    raw["data"]["activity_log"][0]["created_at"] = text
+    assert list(errors_of(raw)) == ["data.activity_log.0.created_at"]
+
+
+@pytest.mark.parametrize(
+    "text", ["9999-12-31T23:59:59Z", "9999-12-31T12:00:00+05:00", "0001-01-01T12:00:00+05:00"]
+)
+def test_a_datetime_at_the_edge_of_the_range_is_kept(text: str) -> None:
+    raw = body(BV_FAILED)
+    raw["occurred_at"] = text
+    occurred_at = load_envelope(raw)["occurred_at"]
+    assert occurred_at.astimezone(UTC).tzinfo is UTC
+
+
 def test_dates_become_dates() -> None:
     outcome = load_envelope(body(PA_APPROVED))["data"]["outcome"]
     assert outcome["authorization_start_date"] == dt.date(2026, 7, 1)
