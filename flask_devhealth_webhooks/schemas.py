@@ -10,7 +10,7 @@ The vendor adds fields and enum values over time, so:
 * unknown keys are kept at every level (``unknown = INCLUDE``);
 * enum-like values (``status``, ``coverage``, ``gender``, activity ``type``, ...) are plain
   strings, never ``OneOf``;
-* every field except ``data.id`` and ``data.object`` (non-empty strings) is optional and
+* every field except ``data.id`` and ``data.object`` (non-blank strings) is optional and
   accepts ``null``.
 
 Types are still checked: a string field given a number, a list given an object, an object given
@@ -124,9 +124,9 @@ class _String(fields.String):
 
 
 class _Key(_String):
-    """A non-empty ``str``: ``data.id`` and ``data.object`` name the resource, so ``""`` cannot."""
+    """A ``str`` with a non-blank character: ``data.id`` and ``data.object`` name the resource."""
 
-    default_error_messages = {"empty": "Must not be empty."}
+    default_error_messages = {"empty": "Must not be empty or blank."}
 
     def deserialize(
         self,
@@ -135,7 +135,7 @@ class _Key(_String):
         data: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        if value == "":
+        if isinstance(value, str) and not value.strip():
             raise self.make_error("empty")
         return super().deserialize(value, attr, data, **kwargs)
 

@@ -374,12 +374,13 @@ def test_data_id_and_object_must_be_strings(key: str, value: Any) -> None:
     assert list(errors_of(raw)) == [f"data.{key}"]
 
 
+@pytest.mark.parametrize("value", ["", " ", "\t\n"])
 @pytest.mark.parametrize("key", ["id", "object"])
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
-def test_empty_data_id_or_object_is_rejected(name: str, key: str) -> None:
+def test_empty_or_blank_data_id_or_object_is_rejected(name: str, key: str, value: str) -> None:
     raw = body(name)
-    raw["data"][key] = ""
-    assert errors_of(raw) == {f"data.{key}": ["Must not be empty."]}
+    raw["data"][key] = value
+    assert errors_of(raw) == {f"data.{key}": ["Must not be empty or blank."]}
 
 
 def test_a_non_string_object_is_rejected_by_the_generic_schema() -> None:
