@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import re
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .events import loggable
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -167,8 +169,25 @@ def _database_url(value: Any) -> str | None:
     return url
 
 
+def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
+    """A mistyped key (``..._MAXAGE``) is otherwise silently ignored, its check never applied."""
+    for key in config:
+        if not isinstance(key, str) or not key.startswith(PREFIX):
+            continue
+        name = key[len(PREFIX) :]
+        if name in DEFAULTS:
+            continue
+        close = difflib.get_close_matches(name, DEFAULTS, n=1, cutoff=0.6)
+        logger.warning(
+            "%s is not a flask_devhealth_webhooks setting and is ignored%s",
+            loggable(key),
+            f"; did you mean {_key(close[0])}?" if close else "",
+        )
+
+
 def load_settings(app: Flask) -> Settings:
     """Apply defaults to ``app.config`` and validate every key; raise ConfigurationError."""
+    _warn_unknown_keys(app.config)
     for name, default in DEFAULTS.items():
         app.config.setdefault(_key(name), list(default) if isinstance(default, list) else default)
     c = {name: app.config[_key(name)] for name in DEFAULTS}

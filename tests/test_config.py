@@ -111,6 +111,20 @@ def test_secret_with_surrounding_whitespace_warns_once(
     assert SECRET not in caplog.text
 
 
+def test_a_mistyped_key_warns_with_the_closest_setting(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    """DEVHEALTH_WEBHOOKS_MAXAGE would otherwise leave tokens unchecked for age, silently."""
+    caplog.set_level(logging.DEBUG)
+    make_app(MAXAGE=300, FROBNICATE=1)
+    messages = [record.getMessage() for record in warnings_from(caplog)]
+    assert messages == [
+        "DEVHEALTH_WEBHOOKS_MAXAGE is not a flask_devhealth_webhooks setting and is ignored; "
+        "did you mean DEVHEALTH_WEBHOOKS_MAX_AGE?",
+        "DEVHEALTH_WEBHOOKS_FROBNICATE is not a flask_devhealth_webhooks setting and is ignored",
+    ]
+
+
 def test_good_secret_does_not_warn(
     make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
