@@ -453,13 +453,23 @@ def create_engine_for(url: str) -> Engine:
 
     @sa.event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=30000")
-        if not memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.close()
+        configure_sqlite(dbapi_connection, memory=memory)
 
     return engine
+
+
+def configure_sqlite(dbapi_connection: Any, *, memory: bool) -> None:
+    """Set up each new SQLite connection: busy timeout, WAL for a file, and secure delete.
+
+    secure_delete zeroes what a purge deletes instead of leaving PHI in free pages; Debian's
+    SQLite turns it on by default, other builds (python.org's, say) do not.
+    """
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA secure_delete=ON")
+    if not memory:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
 
 
 class DeliveryStore:

@@ -29,6 +29,7 @@ from flask_devhealth_webhooks.store import (
     PURGE_BATCH,
     _cheaper_equivalent,
     _iso_microseconds,
+    configure_sqlite,
     create_engine_for,
     utcnow,
 )
@@ -160,6 +161,35 @@ def test_an_existing_engine_can_be_handed_over(database_url: str) -> None:
         assert [r.delivery_id for r in raw_rows(engine)] == [payload["event_id"]]
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("memory", [True, False])
+def test_sqlite_connections_zero_what_they_delete(tmp_path: Path, memory: bool) -> None:
+    """Whatever the build's default: a purged payload must not stay readable in free pages."""
+    conn = sqlite3.connect(":memory:" if memory else str(tmp_path / "log.sqlite3"))
+    try:
+        conn.execute("PRAGMA secure_delete=OFF")  # python.org's builds start like this
+        configure_sqlite(conn, memory=memory)
+        assert conn.execute("PRAGMA secure_delete").fetchone() == (1,)
+        assert conn.execute("PRAGMA busy_timeout").fetchone() == (30000,)
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == ("memory" if memory else "wal")
+    finally:
+        conn.close()
+
+
+def test_purged_payloads_leave_no_trace_in_the_database_file(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    app = build_app(tmp_path, DATABASE_URL=f"sqlite:///{path}")
+    payload = sample_payload(BV)
+    payload["data"]["patient"]["last_name"] = "ZZPURGEDMARKERZZ"
+    assert send_webhook(app.test_client(), payload).status_code == 200
+    store = get_state(app).store
+    assert store.purge(timedelta(seconds=-60)) == 1
+    store.engine.dispose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert b"ZZPURGEDMARKERZZ" not in path.read_bytes()
 
 
 def test_plain_postgresql_urls_use_psycopg_3() -> None:
