@@ -21,8 +21,8 @@ SECRET = "test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 FIXTURES = Path(__file__).parent / "fixtures"
 PG_ENV = "DEVHEALTH_WEBHOOKS_TEST_DATABASE_URL"
 PG_SKIP_REASON = (
-    f"PostgreSQL tests need {PG_ENV}, e.g. "
-    f"{PG_ENV}=postgresql+psycopg://postgres@127.0.0.1:5432/test (`.ci/run` sets it)"
+    f"PostgreSQL tests need {PG_ENV} naming a throwaway database (they drop its delivery "
+    f"table), e.g. {PG_ENV}=postgresql+psycopg://postgres@127.0.0.1:5432/test (`.ci/run` sets it)"
 )
 
 
