@@ -135,6 +135,8 @@ class _Key(_String):
         data: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
+        if value.__class__ is str and value.strip():  # strip() returns the same str then
+            return value
         if isinstance(value, str) and not value.strip():
             raise self.make_error("empty")
         return super().deserialize(value, attr, data, **kwargs)
