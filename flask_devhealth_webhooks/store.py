@@ -468,8 +468,30 @@ def configure_sqlite(dbapi_connection: Any, *, memory: bool) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA secure_delete=ON")
     if not memory:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor)
     cursor.close()
+
+
+#: How long a new connection retries switching a new database file to WAL.
+WAL_SWITCH_TIMEOUT = 10.0
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection is writing.
+
+    On a file not yet in WAL mode (a new log, workers starting together), SQLite answers
+    "database is locked" at once, without its busy handler, while another connection holds
+    a write lock; once the file is in WAL mode (which persists) this is a no-op.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_TIMEOUT
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError: sqlite3's or another's
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)
 
 
 class DeliveryStore:

@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from flask_devhealth_webhooks.store import (
     PURGE_BATCH,
     _cheaper_equivalent,
     _iso_microseconds,
+    _switch_to_wal,
     configure_sqlite,
     create_engine_for,
     utcnow,
@@ -176,6 +178,63 @@ def test_sqlite_connections_zero_what_they_delete(tmp_path: Path, memory: bool) 
         assert mode == ("memory" if memory else "wal")
     finally:
         conn.close()
+
+
+def hold_write_lock(path: Path, seconds: float) -> threading.Thread:
+    """Another connection's write transaction on ``path`` (a file not yet in WAL mode),
+    started now and committed after ``seconds``: as when workers start on a new log."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE IF NOT EXISTS other (x)")
+
+    def release() -> None:
+        time.sleep(seconds)
+        holder.execute("COMMIT")
+        holder.close()
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    return thread
+
+
+def test_a_new_file_switches_to_wal_once_another_writer_is_done(tmp_path: Path) -> None:
+    """SQLite refuses the switch at once, without its busy handler, while another connection
+    holds a write lock: without a retry, a worker's first delivery was a 503 (4 in 450
+    first deliveries of 3 processes starting together on a new log)."""
+    path = tmp_path / "log.sqlite3"
+    thread = hold_write_lock(path, 0.3)
+    conn = sqlite3.connect(path)
+    try:
+        started = time.monotonic()
+        configure_sqlite(conn, memory=False)
+        waited = time.monotonic() - started
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+        thread.join()
+    assert waited >= 0.2
+
+
+def test_a_first_delivery_on_a_new_log_waits_for_another_writer(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    app = build_app(tmp_path, DATABASE_URL=f"sqlite:///{path}")
+    thread = hold_write_lock(path, 0.3)
+    try:
+        response = send_webhook(app.test_client(), sample_payload(BV))
+    finally:
+        thread.join()
+    assert response.status_code == 200, response.json
+
+
+def test_the_wal_switch_gives_up_on_other_errors_at_once(tmp_path: Path) -> None:
+    class Broken:
+        def execute(self, sql: str) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        _switch_to_wal(Broken())
+    assert time.monotonic() - started < 0.1
 
 
 def test_purged_payloads_leave_no_trace_in_the_database_file(tmp_path: Path) -> None:
