@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import math
 import multiprocessing as mp
 import shutil
@@ -85,6 +86,7 @@ def _client(
     stop_at = started + duration
     slot, ok, errors = 0, 0, 0
     histogram = [0] * BUCKETS
+    kinds: dict[str, int] = {}
     clock = time.perf_counter
     while True:
         now = time.monotonic()
@@ -95,14 +97,18 @@ def _client(
             batches.put((slot, ok, errors, histogram))
             slot, ok, errors, histogram = current, 0, 0, [0] * BUCKETS
         delivery = factory.make("jwt")
+        kind = ""
         began = clock()
         try:
             conn.request("POST", path, body=delivery.raw, headers=dict(delivery.headers))
             response = conn.getresponse()
-            response.read()
+            answer = response.read()
             success = response.status == 200
-        except (OSError, http.client.HTTPException):
+            if not success:
+                kind = f"HTTP {response.status} {_error_code(answer)}"
+        except (OSError, http.client.HTTPException) as exc:
             success = False
+            kind = f"{type(exc).__name__} (no answer)"
             conn.close()
         histogram[bucket(clock() - began)] += 1
         if success:
@@ -111,9 +117,19 @@ def _client(
         else:
             errors += 1
             counters[2 * index + 1] += 1
+            kinds[kind] = kinds.get(kind, 0) + 1
     batches.put((slot, ok, errors, histogram))
+    batches.put(kinds)
     batches.put(None)
     conn.close()
+
+
+def _error_code(answer: bytes) -> str:
+    """The ``error`` of a JSON answer, else what the body is: errors are counted by kind."""
+    try:
+        return str(json.loads(answer)["error"])
+    except (ValueError, KeyError, TypeError):
+        return "(not JSON)" if answer else "(empty body)"
 
 
 @dataclass
@@ -141,8 +157,10 @@ def soak(
     batches = ctx.Queue()
     slots = max(1, math.ceil(duration / interval))
     intervals = [Interval(min(interval, duration - i * interval)) for i in range(slots)]
+    kinds: dict[str, int] = {}
+    log_path = workdir / "gunicorn.log"
     try:
-        with gunicorn(spec, env=env, workers=workers) as server:
+        with gunicorn(spec, env=env, workers=workers, log_path=log_path) as server:
             first_workers = server.worker_pids()
             procs = [
                 ctx.Process(
@@ -188,6 +206,10 @@ def soak(
                 if item is None:
                     done += 1
                     continue
+                if isinstance(item, dict):
+                    for kind, count in item.items():
+                        kinds[kind] = kinds.get(kind, 0) + count
+                    continue
                 slot, ok_n, err_n, histogram = item
                 target = intervals[min(slot, slots - 1)]
                 target.ok += ok_n
@@ -197,12 +219,31 @@ def soak(
                 proc.join(timeout=30)
             final_workers = server.worker_pids()
         rows_logged = _logged(app, workdir)
+        server_lines = _server_warnings(log_path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return _report(
         app, duration, interval, workers, clients, warmup, intervals, first_workers,
-        final_workers, rows_logged,
+        final_workers, rows_logged, kinds, server_lines,
     )  # fmt: skip
+
+
+#: Server log lines worth reporting: gunicorn's own errors and the extension's warnings, which
+#: name outcomes and exception classes only (never a payload, a token or a secret).
+_NOTEWORTHY = ("[ERROR]", "[CRITICAL]", "webhook ", "Traceback")
+
+
+def _server_warnings(log_path: Path, limit: int = 20) -> list[str]:
+    """The first ``limit`` noteworthy lines of the server's log, with how many there were."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    found = [line for line in lines if any(mark in line for mark in _NOTEWORTHY)]
+    shown = found[:limit]
+    if len(found) > limit:
+        shown.append(f"... and {len(found) - limit} more")
+    return shown
 
 
 def _logged(app: str, workdir: Path) -> int | None:
@@ -235,6 +276,8 @@ def _report(
     first_workers: list[int],
     final_workers: list[int],
     rows_logged: int | None,
+    kinds: dict[str, int],
+    server_lines: list[str],
 ) -> str:
     rows = []
     elapsed = 0.0
@@ -290,6 +333,13 @@ def _report(
     ]
     if rows_logged is not None:
         lines.append(f"- processed rows in the delivery log: {rows_logged:,} (200s: {total_ok:,})")
+    if kinds:
+        lines.append(
+            "- errors by kind: "
+            + "; ".join(f"{kind}: {count:,}" for kind, count in sorted(kinds.items()))
+        )
+    if server_lines:
+        lines += ["- the server logged:", "", "```", *server_lines, "```"]
     return "\n".join(lines)
 
 
