@@ -126,7 +126,12 @@ def notify(signal: Signal, app: Any, **data: Any) -> None:
     """
     if not signal.receivers or signal.is_muted:
         return
-    for receiver in _in_order(signal, app):
+    for receiver_id in _in_order(signal, app):
+        # Looked up again just before the call: an earlier receiver may have disconnected it
+        # (blinker's send() skips it then), or dropped the last reference to a weak one.
+        receiver = _resolve(signal.receivers.get(receiver_id))
+        if receiver is None:
+            continue
         try:
             if iscoroutinefunction(receiver):
                 raise TypeError("lifecycle signals are sent synchronously")  # as send() would
@@ -140,16 +145,38 @@ def notify(signal: Signal, app: Any, **data: Any) -> None:
             )
 
 
-def _in_order(signal: Signal, sender: Any) -> list[Callable[..., Any]]:
-    """The receivers for ``sender`` in the order they were connected (blinker keeps a set)."""
+def _resolve(ref: Any) -> Any:
+    """A receiver from ``signal.receivers``: the object, or what its weak reference holds."""
+    return ref() if isinstance(ref, weakref.ref) else ref
+
+
+def _in_order(signal: Signal, sender: Any) -> list[Any]:
+    """The ids (keys of ``signal.receivers``) of the receivers for ``sender``, in the order
+    they were connected.
+
+    blinker yields receivers from a set; ``signal.receivers`` keeps connection order. Matched
+    by equality, not ``id()``: a weakly held bound method resolves to a new object each time.
+    Ids, not receivers, so that a weak receiver dropped meanwhile is not kept alive here.
+    """
     found = list(signal.receivers_for(sender))
-    if len(found) < 2:
+    if not found:
+        return []
+    return [
+        receiver_id
+        for receiver_id, ref in list(signal.receivers.items())
+        if (target := _resolve(ref)) is not None and target in found
+    ]
+
+
+def _receivers(signal: Signal, sender: Any) -> list[Callable[..., Any]]:
+    """The receivers for ``sender``, in the order they were connected (see ``_in_order``)."""
+    if not signal.receivers:
+        return []
+    found = list(signal.receivers_for(sender))
+    if len(found) < 2:  # the usual case: one handler per event
         return found
-    position: dict[int, int] = {}
-    for index, ref in enumerate(signal.receivers.values()):
-        target = ref() if isinstance(ref, weakref.ref) else ref
-        position[id(target)] = index
-    return sorted(found, key=lambda fn: position.get(id(fn), len(position)))
+    ordered = (_resolve(ref) for ref in list(signal.receivers.values()))
+    return [target for target in ordered if target is not None and target in found]
 
 
 @dataclass
@@ -184,9 +211,9 @@ def dispatch(
         # Looked up, not created: a signal per vendor name sent would pile up in the namespace.
         # A delivery naming "*" finds no signal here: the catch-all is not in this namespace.
         signal = _events.get(canonical_name(ev.name) or ev.name)
-        for fn in _in_order(signal, ev) if signal is not None else ():
+        for fn in _receivers(signal, ev) if signal is not None else ():
             calls.append((handler_key(ev.name, fn), fn, ev))
-    for fn in _in_order(any_event, event):
+    for fn in _receivers(any_event, event):
         calls.append((handler_key(ANY, fn), fn, event))
     # Handlers with one name (made by one factory, say) are told apart by registration order.
     seen: dict[str, int] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import gc
 import hashlib
 import hmac
 import json
@@ -226,6 +227,49 @@ def test_a_coroutine_lifecycle_receiver_is_refused_and_logged(
     assert answer.status_code == 200
     assert heard == ["after"]
     assert "exception=TypeError" in caplog.text
+
+
+def test_a_receiver_disconnected_by_an_earlier_one_is_not_called(client: FlaskClient) -> None:
+    """As blinker's send() does: each receiver is looked up again just before its call."""
+    heard: list[str] = []
+
+    def audit(sender: Any, **kwargs: Any) -> None:
+        heard.append("audit")
+
+    def gate(sender: Any, **kwargs: Any) -> None:
+        heard.append("gate")
+        webhook_processed.disconnect(audit)
+
+    webhook_processed.connect(gate, weak=False)
+    webhook_processed.connect(audit, weak=False)
+    try:
+        send_webhook(client, sample_payload("benefit_verification.updated"))
+    finally:
+        webhook_processed.disconnect(gate)
+    assert heard == ["gate"]
+
+
+def test_a_weak_receiver_dropped_by_an_earlier_one_is_not_called(client: FlaskClient) -> None:
+    heard: list[str] = []
+
+    class Observer:
+        def on_processed(self, sender: Any, **kwargs: Any) -> None:
+            heard.append("dropped")  # pragma: no cover - must not run
+
+    kept: list[Observer] = [Observer()]
+
+    def dropper(sender: Any, **kwargs: Any) -> None:
+        heard.append("dropper")
+        kept.clear()  # the last reference: the weak receiver is gone
+        gc.collect()
+
+    webhook_processed.connect(dropper, weak=False)
+    webhook_processed.connect(kept[0].on_processed)
+    try:
+        send_webhook(client, sample_payload("benefit_verification.updated"))
+    finally:
+        webhook_processed.disconnect(dropper)
+    assert heard == ["dropper"]
 
 
 def test_a_muted_lifecycle_signal_calls_no_receiver(client: FlaskClient) -> None:

@@ -341,3 +341,34 @@ def test_handlers_run_in_the_order_they_were_registered(client: FlaskClient) -> 
     response = send_webhook(client, sample_payload("benefit_verification.updated"))
     assert response.status_code == 200
     assert calls == list(range(12))
+
+
+@pytest.mark.parametrize(
+    "signal",
+    [signals.event_signal("benefit_verification.updated"), signals.webhook_processed],
+    ids=["handlers", "lifecycle receivers"],
+)
+def test_weakly_connected_methods_run_in_connection_order(
+    client: FlaskClient, signal: Signal
+) -> None:
+    """A weak reference to a bound method resolves to a new object each time: ordering by
+    ``id()`` left these in blinker's set order, different from run to run."""
+    calls: list[int] = []
+
+    class Observer:
+        def __init__(self, number: int) -> None:
+            self.number = number
+
+        def heard(self, *args: Any, **kwargs: Any) -> None:
+            calls.append(self.number)
+
+    observers = [Observer(n) for n in range(8)]
+    for observer in observers:
+        signal.connect(observer.heard)  # weak: blinker's default
+    try:
+        response = send_webhook(client, sample_payload("benefit_verification.updated"))
+    finally:
+        for observer in observers:
+            signal.disconnect(observer.heard)
+    assert response.status_code == 200
+    assert calls == list(range(8))
