@@ -219,6 +219,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: How long a SQLite write waits for another's lock before the delivery is answered 503
+#: storage_unavailable: well under gunicorn's default 30 s ``--timeout``, so the sender gets
+#: that JSON answer rather than a killed worker's dropped connection.
+BUSY_TIMEOUT = 10.0
+#: How long a new connection retries switching a new database file to WAL, in all.
+WAL_SWITCH_TIMEOUT = 10.0
+
+
 #: Polls (seconds apart) for the write lock; the last one repeats until WRITE_LOCK_TIMEOUT.
 _LOCK_POLLS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005)
 #: Seconds a writer waits for the write lock before writing without it.
@@ -449,7 +457,7 @@ def create_engine_for(url: str) -> Engine:
         )
     else:
         os.makedirs(os.path.dirname(os.path.abspath(sa_url.database or ".")), exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT})
 
     @sa.event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -465,15 +473,11 @@ def configure_sqlite(dbapi_connection: Any, *, memory: bool) -> None:
     SQLite turns it on by default, other builds (python.org's, say) do not.
     """
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA secure_delete=ON")
     if not memory:
         _switch_to_wal(cursor)
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
     cursor.close()
-
-
-#: How long a new connection retries switching a new database file to WAL.
-WAL_SWITCH_TIMEOUT = 10.0
 
 
 def _switch_to_wal(cursor: Any) -> None:
@@ -481,8 +485,11 @@ def _switch_to_wal(cursor: Any) -> None:
 
     On a file not yet in WAL mode (a new log, workers starting together), SQLite answers
     "database is locked" at once, without its busy handler, while another connection holds
-    a write lock; once the file is in WAL mode (which persists) this is a no-op.
+    a write lock (and after its busy timeout while one holds an exclusive lock), so each try
+    waits at most 0.1 s and all of them WAL_SWITCH_TIMEOUT. Once the file is in WAL mode
+    (which persists) this is a no-op.
     """
+    cursor.execute("PRAGMA busy_timeout=100")
     deadline = time.monotonic() + WAL_SWITCH_TIMEOUT
     while True:
         try:

@@ -27,6 +27,7 @@ from flask_devhealth_webhooks import store as store_module
 from flask_devhealth_webhooks.events import Event
 from flask_devhealth_webhooks.exceptions import ConfigurationError, DeliveryNotFound, NotReplayable
 from flask_devhealth_webhooks.store import (
+    BUSY_TIMEOUT,
     PURGE_BATCH,
     _cheaper_equivalent,
     _iso_microseconds,
@@ -173,18 +174,21 @@ def test_sqlite_connections_zero_what_they_delete(tmp_path: Path, memory: bool) 
         conn.execute("PRAGMA secure_delete=OFF")  # python.org's builds start like this
         configure_sqlite(conn, memory=memory)
         assert conn.execute("PRAGMA secure_delete").fetchone() == (1,)
-        assert conn.execute("PRAGMA busy_timeout").fetchone() == (30000,)
+        assert conn.execute("PRAGMA busy_timeout").fetchone() == (int(BUSY_TIMEOUT * 1000),)
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == ("memory" if memory else "wal")
     finally:
         conn.close()
 
 
-def hold_write_lock(path: Path, seconds: float) -> threading.Thread:
-    """Another connection's write transaction on ``path`` (a file not yet in WAL mode),
-    started now and committed after ``seconds``: as when workers start on a new log."""
+def hold_lock(path: Path, seconds: float, mode: str = "IMMEDIATE") -> threading.Thread:
+    """Another connection's write transaction on ``path``, committed after ``seconds``.
+
+    IMMEDIATE (on a file not yet in WAL mode): as when workers start on a new log.
+    EXCLUSIVE: an outside process holding the whole database (a tool, a long VACUUM).
+    """
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")
+    holder.execute(f"BEGIN {mode}")
     holder.execute("CREATE TABLE IF NOT EXISTS other (x)")
 
     def release() -> None:
@@ -202,7 +206,7 @@ def test_a_new_file_switches_to_wal_once_another_writer_is_done(tmp_path: Path) 
     holds a write lock: without a retry, a worker's first delivery was a 503 (4 in 450
     first deliveries of 3 processes starting together on a new log)."""
     path = tmp_path / "log.sqlite3"
-    thread = hold_write_lock(path, 0.3)
+    thread = hold_lock(path, 0.3)
     conn = sqlite3.connect(path)
     try:
         started = time.monotonic()
@@ -218,12 +222,38 @@ def test_a_new_file_switches_to_wal_once_another_writer_is_done(tmp_path: Path) 
 def test_a_first_delivery_on_a_new_log_waits_for_another_writer(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     app = build_app(tmp_path, DATABASE_URL=f"sqlite:///{path}")
-    thread = hold_write_lock(path, 0.3)
+    thread = hold_lock(path, 0.3)
     try:
         response = send_webhook(app.test_client(), sample_payload(BV))
     finally:
         thread.join()
     assert response.status_code == 200, response.json
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["existing log", "new log"])
+def test_a_lock_held_past_the_busy_timeout_is_a_prompt_json_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    """The sender must get the JSON 503 before gunicorn's --timeout kills the worker: each
+    wait is bounded (a new file's WAL switch once waited the 30 s busy timeout per try)."""
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.3)
+    monkeypatch.setattr(store_module, "WAL_SWITCH_TIMEOUT", 0.3)
+    monkeypatch.setattr(store_module, "WRITE_LOCK_TIMEOUT", 0.1)
+    path = tmp_path / "log.sqlite3"
+    app = build_app(tmp_path, DATABASE_URL=f"sqlite:///{path}")
+    client = app.test_client()
+    if existing:
+        assert send_webhook(client, sample_payload(BV)).status_code == 200
+    thread = hold_lock(path, 2.0, "EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        response = send_webhook(client, sample_payload(BV))
+        waited = time.monotonic() - started
+    finally:
+        thread.join()
+    assert response.status_code == 503
+    assert response.json["error"] == "storage_unavailable"
+    assert waited < 1.5, waited
 
 
 def test_the_wal_switch_gives_up_on_other_errors_at_once(tmp_path: Path) -> None:
