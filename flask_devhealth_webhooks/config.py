@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from .events import loggable
 from .exceptions import ConfigurationError
@@ -159,24 +159,33 @@ def _optional_string(name: str, value: Any) -> str | None:
 def _database_url(value: Any) -> str | None:
     url = _optional_string("DATABASE_URL", value)
     if url is not None:
+        # Neither message quotes the URL: it may hold a password.
         try:
-            make_url(url)
-        except ArgumentError:
+            parsed = make_url(url)
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
             raise ConfigurationError(
                 f"{_key('DATABASE_URL')} is not a SQLAlchemy database URL, such as "
                 "'postgresql://user@host/db' or 'sqlite:////path/to/file.sqlite3'."
+            ) from None
+        try:
+            parsed.get_dialect()
+        except NoSuchModuleError:
+            raise ConfigurationError(
+                f"{_key('DATABASE_URL')} names a database SQLAlchemy does not know "
+                f"({loggable(parsed.drivername)!r}); use 'sqlite:///...' or 'postgresql://...'."
             ) from None
     return url
 
 
 def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
-    """A mistyped key (``..._MAXAGE``) is otherwise silently ignored, its check never applied."""
+    """A mistyped key (``..._MAXAGE``, ``DEVHEALTH_WEBHOOK_...``, lower case) is otherwise
+    silently ignored, its check never applied."""
     for key in config:
-        if not isinstance(key, str) or not key.startswith(PREFIX):
+        if not isinstance(key, str) or not key.upper().startswith("DEVHEALTH_WEBHOOK"):
             continue
-        name = key[len(PREFIX) :]
-        if name in DEFAULTS:
+        if key.startswith(PREFIX) and key[len(PREFIX) :] in DEFAULTS:
             continue
+        name = key.upper().removeprefix(PREFIX).removeprefix("DEVHEALTH_WEBHOOK_")
         close = difflib.get_close_matches(name, DEFAULTS, n=1, cutoff=0.6)
         logger.warning(
             "%s is not a flask_devhealth_webhooks setting and is ignored%s",

@@ -456,7 +456,15 @@ def create_engine_for(url: str) -> Engine:
             url, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
     else:
-        os.makedirs(os.path.dirname(os.path.abspath(sa_url.database or ".")), exist_ok=True)
+        folder = os.path.dirname(os.path.abspath(sa_url.database or "."))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"The delivery log's folder {folder!r} cannot be created "
+                f"({type(exc).__name__}): make it writable, or point "
+                "DEVHEALTH_WEBHOOKS_DATABASE_URL elsewhere."
+            ) from None
         engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT})
 
     @sa.event.listens_for(engine, "connect")

@@ -7,6 +7,7 @@ import logging
 import re
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -123,6 +124,25 @@ def test_a_mistyped_key_warns_with_the_closest_setting(
         "did you mean DEVHEALTH_WEBHOOKS_MAX_AGE?",
         "DEVHEALTH_WEBHOOKS_FROBNICATE is not a flask_devhealth_webhooks setting and is ignored",
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        ("DEVHEALTH_WEBHOOKS_secret", "SECRET"),
+        ("DEVHEALTH_WEBHOOK_MAX_AGE", "MAX_AGE"),
+        ("devhealth_webhooks_max_age", "MAX_AGE"),
+    ],
+)
+def test_a_mistyped_prefix_or_case_warns_too(
+    caplog: pytest.LogCaptureFixture, key: str, meant: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    bare_app(**{KEY: NEW, key: "ZZ-VALUE-NEVER-LOGGED"}).register_blueprint(blueprint)
+    [warning] = [r.getMessage() for r in warnings_from(caplog)]
+    assert warning.startswith(f"{key} is not a flask_devhealth_webhooks setting")
+    assert warning.endswith(f"did you mean DEVHEALTH_WEBHOOKS_{meant}?")
+    assert "ZZ-VALUE-NEVER-LOGGED" not in caplog.text
 
 
 def test_good_secret_does_not_warn(
@@ -253,6 +273,28 @@ def test_other_bad_values_are_configuration_errors(
 ) -> None:
     with pytest.raises(ConfigurationError, match=f"DEVHEALTH_WEBHOOKS_{key}"):
         make_app(**{key: value})
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://u:ZZ-PASSWORD@h:notaport/db", "nosuchdb://u:ZZ-PASSWORD@h/db"]
+)
+def test_a_bad_database_url_is_a_configuration_error_without_its_password(
+    make_app: Callable[..., Flask], url: str
+) -> None:
+    """A port that is not a number raised ValueError, an unknown dialect NoSuchModuleError."""
+    with pytest.raises(ConfigurationError, match="DEVHEALTH_WEBHOOKS_DATABASE_URL") as info:
+        make_app(DATABASE_URL=url)
+    assert "ZZ-PASSWORD" not in str(info.value)
+
+
+def test_a_log_folder_that_cannot_be_created_is_a_configuration_error(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigurationError, match="DEVHEALTH_WEBHOOKS_DATABASE_URL") as info:
+        make_app(DATABASE_URL=f"sqlite:///{blocker / 'log.sqlite3'}")
+    assert str(blocker) in str(info.value)
 
 
 def test_config_is_read_at_registration(make_app: Callable[..., Flask]) -> None:
