@@ -457,7 +457,15 @@ def _lease_lost(event: Event) -> None:
 
 def _storage_unavailable(exc: Exception) -> Outcome:
     """The delivery log cannot be written: refuse, so the sender retries and nothing is lost."""
-    logger.error("webhook delivery log unavailable exception=%s", type(exc).__name__)
+    # The driver's error code (SQLITE_READONLY, SQLITE_BUSY; PostgreSQL's SQLSTATE) says why
+    # without quoting anything: its message may hold the statement's values.
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
+    logger.error(
+        "webhook delivery log unavailable exception=%s code=%s",
+        type(exc).__name__,
+        loggable(code),
+    )
     return Outcome(
         "storage_unavailable",
         503,

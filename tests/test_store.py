@@ -289,7 +289,9 @@ def test_plain_postgresql_urls_use_psycopg_3() -> None:
         engine.dispose()
 
 
-def test_an_unwritable_log_answers_503_so_the_sender_retries(tmp_path: Path) -> None:
+def test_an_unwritable_log_answers_503_so_the_sender_retries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'log.sqlite3'}")
     app = build_app(None, DATABASE_URL=None, ENGINE=engine)
     calls: list[str] = []
@@ -300,6 +302,10 @@ def test_an_unwritable_log_answers_503_so_the_sender_retries(tmp_path: Path) -> 
 
     response = send_webhook(app.test_client(), sample_payload(BV))
     engine.dispose()
+
+    assert "delivery log unavailable exception=OperationalError code=SQLITE_CANTOPEN" in (
+        caplog.text
+    )
 
     assert response.status_code == 503
     assert response.json["error"] == "storage_unavailable"
