@@ -175,8 +175,8 @@ def _receivers(signal: Signal, sender: Any) -> list[Callable[..., Any]]:
     found = list(signal.receivers_for(sender))
     if len(found) < 2:  # the usual case: one handler per event
         return found
-    ordered = (_resolve(ref) for ref in list(signal.receivers.values()))
-    return [target for target in ordered if target is not None and target in found]
+    live = (_resolve(signal.receivers.get(rid)) for rid in _in_order(signal, sender))
+    return [receiver for receiver in live if receiver is not None]
 
 
 @dataclass
